@@ -1,0 +1,1 @@
+"""Datasets: scanning and validating image folders, splitting, the synthetic generator, loading."""

@@ -1,0 +1,202 @@
+"""Scanning a folder-per-user dataset: find the root, decode every file, record what is rejected."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from aetune.data.images import IMAGE_SUFFIXES, to_rgb
+from aetune.errors import AetuneError
+
+log = logging.getLogger(__name__)
+
+MIN_IMAGE_SIDE = 16
+"""Smaller images carry no usable spectrogram (and break f16 autoencoders after resizing)."""
+
+
+def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders numbers by value: ``ID_2`` < ``ID_10``; case-insensitive text."""
+    return tuple((0, int(t)) if t.isdigit() else (1, t.lower()) for t in re.split(r"(\d+)", name) if t)
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX" or name == "Thumbs.db" or name == "desktop.ini"
+
+
+@dataclass
+class ImageRecord:
+    """One accepted image."""
+
+    relpath: str  # POSIX path relative to the data root; first part is the user folder
+    user: str
+    width: int
+    height: int
+    mode: str  # Pillow mode before conversion to RGB (L, RGBA, P, I;16, ...)
+    format: str  # PNG, JPEG, ...
+    sha1: str  # SHA-1 of the decoded RGB pixels and their shape: equal for exact duplicates
+
+
+@dataclass
+class ScanResult:
+    """What a scan found under ``data_root``."""
+
+    data_root: Path
+    users: list[str]  # user folders with at least one accepted image, natural order
+    accepted: list[ImageRecord] = field(default_factory=list)
+    rejected: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
+    empty_users: list[str] = field(default_factory=list)
+
+
+def _has_user_folders(folder: Path) -> bool:
+    """True when ``folder`` holds sub-folders that directly hold image files."""
+    for sub in folder.iterdir():
+        if (
+            sub.is_dir()
+            and not _is_hidden(sub.name)
+            and any(f.suffix.lower() in IMAGE_SUFFIXES for f in sub.iterdir() if f.is_file())
+        ):
+            return True
+    return False
+
+
+def find_data_root(root: str | Path) -> Path:
+    """The folder whose sub-folders are the users: ``root`` or, through single wrapper folders, below it.
+
+    Kaggle datasets often unpack as ``slug/slug/ID_1``; one visible sub-folder with no images of
+    its own is such a wrapper.
+
+    Raises:
+        AetuneError: ``root`` does not exist or is not a folder.
+    """
+    p = Path(root).expanduser()
+    if not p.exists():
+        raise AetuneError(f"--data_root {p} does not exist: pass the folder that holds one folder per user")
+    if not p.is_dir():
+        raise AetuneError(f"--data_root {p} is a file: pass the folder that holds one folder per user")
+    p = p.resolve()
+    for _ in range(4):
+        if _has_user_folders(p):
+            return p
+        visible = [c for c in p.iterdir() if not _is_hidden(c.name)]
+        subdirs = [c for c in visible if c.is_dir()]
+        if len(subdirs) == 1 and len(visible) == 1:
+            log.info("data root: descending into wrapper folder %s", subdirs[0].name)
+            p = subdirs[0]
+            continue
+        break
+    return p
+
+
+def discover_kaggle_input(base: str | Path = "/kaggle/input") -> Path:
+    """Pick the dataset under Kaggle's input mount that looks like one folder per user.
+
+    Datasets mount at ``/kaggle/input/datasets/<owner>/<slug>/`` (current) or ``/kaggle/input/<slug>/``
+    (older notebooks); weights datasets are skipped because they hold no user folders of images.
+    The candidate with the most images wins; the choice is logged.
+
+    Raises:
+        AetuneError: nothing under ``base`` holds user folders of images.
+    """
+    base = Path(base)
+    if not base.is_dir():
+        raise AetuneError(f"{base} does not exist: attach your dataset to the notebook or pass --data_root")
+    candidates: list[tuple[int, Path]] = []
+    for folder in sorted(p for p in base.rglob("*") if p.is_dir() and len(p.relative_to(base).parts) <= 5):
+        if _is_hidden(folder.name) or not _has_user_folders(folder):
+            continue
+        n = sum(
+            1
+            for sub in folder.iterdir()
+            if sub.is_dir()
+            for f in sub.iterdir()
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+        )
+        candidates.append((n, folder))
+    if not candidates:
+        raise AetuneError(f"no folder of user folders with images under {base}: attach the dataset or pass --data_root")
+    n, chosen = max(candidates, key=lambda c: (c[0], -len(c[1].parts)))
+    others = ", ".join(str(p) for _, p in candidates if p != chosen)
+    log.info("--kaggle: using %s (%d images)%s", chosen, n, f"; also seen: {others}" if others else "")
+    return chosen
+
+
+def _check_image(path: Path) -> tuple[ImageRecord | None, str]:
+    """Decode ``path`` fully; return (record, "") or (None, reason)."""
+    size = path.stat().st_size
+    if size == 0:
+        return None, "empty file (0 bytes)"
+    try:
+        with Image.open(path) as img:
+            fmt = img.format or "?"
+            mode = img.mode
+            img.load()
+            if min(img.size) < MIN_IMAGE_SIDE:
+                return None, f"too small ({img.width}x{img.height}, minimum side {MIN_IMAGE_SIDE} px)"
+            rgb = to_rgb(img)
+    except UnidentifiedImageError:
+        return None, "not a decodable image (unknown or corrupt header)"
+    except (OSError, ValueError, SyntaxError) as e:
+        # Pillow signals truncated/corrupt data with these; the message names the defect.
+        return None, f"corrupt or truncated image ({e})"
+    digest = hashlib.sha1(f"{rgb.shape}".encode() + rgb.tobytes()).hexdigest()
+    return ImageRecord("", "", rgb.shape[1], rgb.shape[0], mode, fmt, digest), ""
+
+
+def scan_dataset(data_root: str | Path, progress: bool = True) -> ScanResult:
+    """Decode every file under the user folders of ``data_root`` and sort it into accepted/rejected.
+
+    Hidden files, ``__MACOSX`` folders, files outside user folders, non-image extensions, empty,
+    corrupt, truncated and too-small images are rejected with a reason; one bad file never stops
+    the scan. Images in sub-folders of a user folder belong to that user.
+
+    Raises:
+        AetuneError: the root does not exist, or no user folder holds a usable image.
+    """
+    root = find_data_root(data_root)
+    result = ScanResult(data_root=root, users=[])
+    user_dirs = []
+    for entry in sorted(root.iterdir(), key=lambda p: natural_key(p.name)):
+        rel = entry.name
+        if _is_hidden(entry.name):
+            result.rejected.append({"path": rel, "reason": "hidden file or folder (__MACOSX, dotfile)"})
+        elif entry.is_dir():
+            user_dirs.append(entry)
+        else:
+            result.rejected.append({"path": rel, "reason": "file outside any user folder"})
+    files: list[tuple[str, Path]] = []
+    for user_dir in user_dirs:
+        for f in sorted(user_dir.rglob("*"), key=lambda p: natural_key(p.relative_to(user_dir).as_posix())):
+            rel = f.relative_to(root).as_posix()
+            hidden_part = next((part for part in f.relative_to(user_dir).parts if _is_hidden(part)), None)
+            if hidden_part is not None:
+                if f.is_file():
+                    result.rejected.append({"path": rel, "reason": f"hidden file or folder ({hidden_part})"})
+            elif f.is_file():
+                files.append((user_dir.name, f))
+    counts: dict[str, int] = {d.name: 0 for d in user_dirs}
+    for user, f in tqdm(files, desc="checking images", unit="img", disable=not progress):
+        rel = f.relative_to(root).as_posix()
+        if f.suffix.lower() not in IMAGE_SUFFIXES:
+            result.rejected.append({"path": rel, "reason": f"not an image extension ({f.suffix or 'none'})"})
+            continue
+        record, reason = _check_image(f)
+        if record is None:
+            result.rejected.append({"path": rel, "reason": reason})
+            continue
+        record.relpath, record.user = rel, user
+        result.accepted.append(record)
+        counts[user] += 1
+    result.users = [d.name for d in user_dirs if counts[d.name] > 0]
+    result.empty_users = [d.name for d in user_dirs if counts[d.name] == 0]
+    if not result.accepted:
+        raise AetuneError(
+            f"no usable image under {root} ({len(user_dirs)} folders, {len(result.rejected)} rejected): "
+            "expected one folder per user holding png/jpg/bmp/tif/webp images"
+        )
+    return result

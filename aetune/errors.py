@@ -1,0 +1,9 @@
+"""The one exception type that a step script turns into a one-line message and a non-zero exit."""
+
+
+class AetuneError(Exception):
+    """A problem the user can fix (bad input, missing file, wrong flag): its message says how.
+
+    Step scripts print ``error: <message>`` on one line and exit with code 2; no traceback, because
+    the traceback is about our code and the fix is about their input (``--verbose`` shows it).
+    """

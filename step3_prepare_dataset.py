@@ -1,0 +1,92 @@
+"""Step 3: scan and validate a folder-per-user dataset, split it per user, save labels.
+
+    python step3_prepare_dataset.py --data_root /kaggle/input/micro-doppler-data --output_dir ./
+    python step3_prepare_dataset.py --synthetic microdoppler --output_dir ./aetune_work
+
+Writes data/labels.json, data/dataset.json and data/split.json in the work directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from aetune.cli import add_common_args, resolve_work_dir, run_main
+from aetune.errors import AetuneError
+
+log = logging.getLogger("aetune")
+
+KAGGLE_INPUT = Path("/kaggle/input")
+SYNTHETIC_DIRNAME = "synthetic_microdoppler"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--data_root", help="folder with one sub-folder of images per user")
+    p.add_argument("--val_ratio", type=float, default=0.1, help="fraction of each user's images for validation")
+    p.add_argument("--seed", type=int, default=42, help="seed of the content hash that assigns the split")
+    p.add_argument("--name", default="microdoppler", help="dataset name used in output file names")
+    g = p.add_argument_group("built-in synthetic dataset")
+    g.add_argument("--synthetic", choices=["microdoppler"], help="generate the synthetic dataset, then prepare it")
+    g.add_argument("--num_users", type=int, default=31)
+    g.add_argument("--images_per_user", type=int, default=150)
+    g.add_argument("--image_size", type=int, default=256)
+    g.add_argument("--no_progress", action="store_true", help="no progress bars (logs, CI)")
+    return p.parse_args(argv)
+
+
+def _data_root(args: argparse.Namespace, work_dir: Path) -> Path:
+    if args.synthetic and args.data_root:
+        raise AetuneError("pass either --synthetic or --data_root, not both")
+    if args.synthetic:
+        from aetune.data.synthetic import generate_microdoppler_dataset
+
+        out = work_dir / SYNTHETIC_DIRNAME
+        log.info("generating the synthetic micro-Doppler dataset in %s", out)
+        return generate_microdoppler_dataset(
+            out,
+            args.num_users,
+            args.images_per_user,
+            args.image_size,
+            args.seed,
+            progress=not args.no_progress,
+        )
+    if args.data_root:
+        return Path(args.data_root)
+    if args.kaggle:
+        from aetune.data.scan import discover_kaggle_input
+
+        return discover_kaggle_input(KAGGLE_INPUT)
+    raise AetuneError("no dataset: pass --data_root DIR (one folder per user), --synthetic microdoppler, or --kaggle")
+
+
+def main(args: argparse.Namespace) -> int:
+    from aetune.data.prepare import format_table, prepare_dataset
+
+    if not 0.0 <= args.val_ratio < 1.0:
+        raise AetuneError(f"--val_ratio must be in [0, 1), got {args.val_ratio}")
+    work_dir = resolve_work_dir(args)
+    root = _data_root(args, work_dir)
+    summary = prepare_dataset(root, work_dir, args.name, args.val_ratio, args.seed, progress=not args.no_progress)
+    log.info("data root: %s", summary.data_root)
+    log.info(format_table(summary))
+    if summary.empty_users:
+        log.warning("excluded user folders with no usable image: %s", ", ".join(summary.empty_users))
+    if summary.duplicates:
+        log.warning(
+            "%d exact duplicate images (kept on one side of the split): see data/dataset.json",
+            summary.duplicates,
+        )
+    if summary.rejected:
+        log.warning("%d files rejected, with reasons, in data/dataset.json", summary.rejected)
+    if summary.changed:
+        log.info("wrote %s/data/{labels,dataset,split}.json", work_dir)
+    else:
+        log.info("%s/data is up to date: nothing changed", work_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main, parse_args()))
