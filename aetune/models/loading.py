@@ -1,0 +1,239 @@
+"""Loading released and foreign weights strictly, and writing them back in LightningDiT's layout.
+
+The released VA-VAE is a full Lightning checkpoint (``{"state_dict": ...}``, ~2.15 GB) whose keys are
+``encoder.*``, ``decoder.*``, ``quant_conv.*``, ``post_quant_conv.*``, ``linear_proj.weight``,
+``loss.discriminator.*``, ``loss.logvar``, ``loss.perceptual_loss.*`` (LPIPS) and ``foundation_model.*``
+(DINOv2). LightningDiT itself loads it with ``strict=False`` inside a bare ``try/except``, so a wrong file
+silently trains from scratch; here every key is accounted for: loaded, skipped for a stated reason, or an
+error.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import zipfile
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from aetune.errors import AetuneError
+from aetune.models.base import Autoencoder
+from aetune.models.discriminator import NLayerDiscriminator
+
+log = logging.getLogger(__name__)
+
+DISCRIMINATOR_PREFIX = "loss.discriminator."
+"""Where LightningDiT keeps the PatchGAN discriminator (inside its loss module)."""
+SKIPPED_PREFIXES = {
+    "foundation_model.": "the teacher is built from timm (FrozenTeacher)",
+    "loss.perceptual_loss.": "LPIPS comes from the lpips package (build_lpips)",
+}
+LOGVAR_KEY = "loss.logvar"
+"""LDM's learnable output log-variance. LightningDiT never gives it to an optimizer, so it stays 0 and
+the nll is plain L1 + LPIPS; our objective assumes exactly that, so a non-zero value is an error."""
+
+
+class CheckpointError(AetuneError, ValueError):
+    """A weights file that cannot be used as asked; the one-line message names the file and the fix."""
+
+
+@dataclass
+class LoadReport:
+    """What ``load_weights`` did with every key of the checkpoint.
+
+    Attributes:
+        source: the file, or ``"<state dict>"``.
+        loaded: number of tensors copied into the model and the discriminator.
+        missing: keys the model (or discriminator, as ``loss.discriminator.*``) has and the file lacks.
+        unexpected: keys of the file nothing takes.
+        skipped: keys deliberately not loaded (teacher, LPIPS, ``loss.logvar``, the discriminator when
+            none is passed).
+    """
+
+    source: str
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A few lines: counts, the missing and unexpected keys, skipped groups by prefix."""
+        groups = Counter(_group(k) for k in self.skipped)
+        lines = [f"loaded {self.loaded} tensors from {self.source}"]
+        lines += [f"  skipped {n} x {g}" for g, n in groups.items()]
+        if self.missing:
+            lines.append(f"  missing (left at initialisation): {_few(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected (ignored): {_few(self.unexpected)}")
+        return "\n".join(lines)
+
+
+def read_state_dict(src: str | Path | Mapping[str, Tensor]) -> tuple[dict[str, Tensor], str]:
+    """A flat ``{key: tensor}`` from a file or mapping, never executing pickle code.
+
+    Files: ``.safetensors``, or ``torch.save`` files loaded with ``weights_only=True`` (memory-mapped when
+    in the zip format, so a 2 GB checkpoint is not read whole). A Lightning checkpoint is unwrapped to
+    its ``state_dict``.
+
+    Returns:
+        (state dict, a name for messages).
+
+    Raises:
+        CheckpointError: missing file, a file that needs pickle, or content that is not a state dict.
+    """
+    if isinstance(src, Mapping):
+        obj, name = src, "<state dict>"
+    else:
+        path = Path(src)
+        name = str(path)
+        if not path.is_file():
+            raise CheckpointError(f"weights file {path} does not exist")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(path)
+        else:
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            except pickle.UnpicklingError as e:
+                found = re.search(r"GLOBAL (\S+)", str(e))
+                what = f"the Python object {found.group(1)}" if found else "Python objects beyond tensors"
+                raise CheckpointError(
+                    f"{path} needs pickle to load ({what}); aetune never runs code from a weights file: "
+                    "re-save its state_dict (or as .safetensors) in a session you trust"
+                ) from e
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{name} holds a {type(obj).__name__}, not a state dict")
+    if isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]  # Lightning checkpoint
+    odd = [k for k, v in obj.items() if not isinstance(v, Tensor)]
+    if odd:
+        raise CheckpointError(f"{name} is not a state dict: {_few(odd)} are not tensors")
+    return dict(obj), name
+
+
+def load_weights(
+    model: Autoencoder,
+    path_or_state_dict: str | Path | Mapping[str, Tensor],
+    discriminator: NLayerDiscriminator | None = None,
+    allow_partial: bool = False,
+) -> LoadReport:
+    """Load LightningDiT-layout weights (the released checkpoint, or a plain state dict) strictly.
+
+    Args:
+        model: the autoencoder to fill (``encoder.*``, ``decoder.*``, ``quant_conv.*``,
+            ``post_quant_conv.*``, and ``linear_proj.weight`` for ``vavae``).
+        path_or_state_dict: a weights file (see ``read_state_dict``) or a state dict.
+        discriminator: receives ``loss.discriminator.*``; if None those keys are skipped.
+        allow_partial: accept missing and unexpected keys (explicit partial initialisation, e.g. a
+            ``vavae`` from a ``kl`` checkpoint); the report is then logged as a warning. Shape
+            mismatches are errors regardless.
+
+    Returns:
+        The ``LoadReport``.
+
+    Raises:
+        CheckpointError: one line naming the file and the model, when shapes differ (wrong size or
+            family), when keys are missing or unexpected without ``allow_partial``, when ``loss.logvar``
+            is non-zero, or when the file cannot be read safely.
+    """
+    state, source = read_state_dict(path_or_state_dict)
+    report = LoadReport(source=source)
+    targets = {"": model.state_dict()}
+    if discriminator is not None:
+        targets[DISCRIMINATOR_PREFIX] = discriminator.state_dict()
+    found: dict[str, dict[str, Tensor]] = {prefix: {} for prefix in targets}
+    for key, tensor in state.items():
+        if key.startswith(tuple(SKIPPED_PREFIXES)) or (key.startswith(DISCRIMINATOR_PREFIX) and discriminator is None):
+            report.skipped.append(key)
+        elif key == LOGVAR_KEY:
+            if tensor.float().abs().max().item() != 0.0:
+                raise CheckpointError(
+                    f"{source} has {LOGVAR_KEY}={tensor.float().flatten()[0].item():g}; the objective assumes the "
+                    "released value 0 (a fixed unit-variance nll)"
+                )
+            report.skipped.append(key)
+        else:
+            prefix = DISCRIMINATOR_PREFIX if key.startswith(DISCRIMINATOR_PREFIX) else ""
+            name = key[len(prefix) :]
+            if name in targets[prefix]:
+                found[prefix][name] = tensor
+            else:
+                report.unexpected.append(key)
+    for prefix, expected in targets.items():
+        report.missing += [prefix + k for k in expected if k not in found[prefix]]
+        bad = [
+            (prefix + k, t.shape, expected[k].shape) for k, t in found[prefix].items() if t.shape != expected[k].shape
+        ]
+        if bad:
+            key, theirs, ours = bad[0]
+            raise CheckpointError(
+                f"{source} ({describe_checkpoint(state)}) does not fit the model ({describe_model(model)}): {key} is "
+                f"{list(theirs)} there and {list(ours)} here ({len(bad)} tensors differ); build the model with the "
+                "checkpoint's options"
+            )
+    if (report.missing or report.unexpected) and not allow_partial:
+        raise CheckpointError(
+            f"{source} ({describe_checkpoint(state)}) does not match the model ({describe_model(model)}): "
+            f"missing {_few(report.missing)}; unexpected {_few(report.unexpected)}; use the matching family and "
+            "options, or pass allow_partial to initialise the rest randomly"
+        )
+    modules: dict[str, nn.Module] = {"": model, DISCRIMINATOR_PREFIX: discriminator}
+    for prefix, tensors in found.items():
+        modules[prefix].load_state_dict(tensors, strict=not allow_partial)
+        report.loaded += len(tensors)
+    if report.missing or report.unexpected:
+        log.warning("partial initialisation (allow_partial):\n%s", report.summary())
+    return report
+
+
+def lightningdit_state_dict(model: Autoencoder, discriminator: NLayerDiscriminator | None = None) -> dict[str, Tensor]:
+    """The model (and discriminator) in the released checkpoint's layout, loadable by LightningDiT.
+
+    Adds ``loss.logvar`` = 0 and ``loss.discriminator.*``; leaves out the teacher and LPIPS (which
+    LightningDiT rebuilds from their own weights). For the full-size ``vavae`` with a default
+    discriminator these are exactly the 366 keys of the released model.
+    """
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    state[LOGVAR_KEY] = torch.zeros(())
+    if discriminator is not None:
+        state.update({DISCRIMINATOR_PREFIX + k: v.detach() for k, v in discriminator.state_dict().items()})
+    return state
+
+
+def describe_model(model: Autoencoder) -> str:
+    """``family(options that differ from the defaults)``, e.g. ``vavae(ch=32)`` or ``kl(defaults)``."""
+    default = model.config_cls().to_dict()
+    diff = {k: v for k, v in model.config.items() if default.get(k) != v}
+    return f"{model.family}({', '.join(f'{k}={v}' for k, v in diff.items()) or 'defaults'})"
+
+
+def describe_checkpoint(state: Mapping[str, Tensor]) -> str:
+    """What a state dict looks like: an LDM KL layout with or without ``linear_proj``, its widths."""
+    if "encoder.conv_in.weight" not in state or "post_quant_conv.weight" not in state:
+        return f"not an LDM KL autoencoder: keys start {_few(list(state), 3)}"
+    family = "vavae" if "linear_proj.weight" in state else "kl"
+    levels = len({k.split(".")[2] for k in state if k.startswith("encoder.down.")})
+    ch = state["encoder.conv_in.weight"].shape[0]
+    z = state["post_quant_conv.weight"].shape[1]
+    return f"a {family} checkpoint: ch={ch}, {levels} levels, embed_dim={z}"
+
+
+def _group(key: str) -> str:
+    for prefix in (*SKIPPED_PREFIXES, DISCRIMINATOR_PREFIX):
+        if key.startswith(prefix):
+            return f"{prefix}* ({SKIPPED_PREFIXES.get(prefix, 'no discriminator passed')})"
+    return f"{key} (checked: 0)" if key == LOGVAR_KEY else key
+
+
+def _few(keys: list[str], n: int = 6) -> str:
+    if not keys:
+        return "none"
+    more = f" and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
