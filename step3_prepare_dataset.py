@@ -14,10 +14,10 @@ from pathlib import Path
 
 from aetune.cli import add_common_args, resolve_work_dir, run_main
 from aetune.errors import AetuneError
+from aetune.paths import KAGGLE_INPUT
 
 log = logging.getLogger("aetune")
 
-KAGGLE_INPUT = Path("/kaggle/input")
 SYNTHETIC_DIRNAME = "synthetic_microdoppler"
 
 

@@ -10,10 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aetune.errors import AetuneError
-
-KAGGLE_WORKING = Path("/kaggle/working")
-"""The only folder a Kaggle session keeps."""
-DEFAULT_WORK_DIR = Path("./aetune_work")
+from aetune.paths import DEFAULT_WORK_DIR, KAGGLE_WORKING
 
 log = logging.getLogger("aetune")
 

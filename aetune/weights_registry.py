@@ -1,0 +1,139 @@
+"""Every pretrained weight the pipeline can use: where it comes from, how to check it, where it lands.
+
+Sizes and hashes are given only where they were verified against several public records; ``None``
+means unknown (step 2 then records the hash of the first download). Torch hub file names embed the
+first hex digits of the file's sha256 (``vgg16-397923af.pth``), so their full hashes can be cross-checked
+against the name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aetune.config import Config
+
+MODELS = "models"
+"""Lands in the models folder (default ``<work_dir>/models``); loaders find it through the manifest."""
+TORCH_HUB = "torch_hub"
+"""Also linked into ``$TORCH_HOME/hub/checkpoints``, where torchvision, lpips and pytorch-fid look."""
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One weight file. Exactly one of ``repo_id`` (Hugging Face) and ``url`` is set."""
+
+    name: str  # registry key: --only NAME, resolve_weight(work_dir, NAME)
+    filename: str  # file name on disk and in a bundle; unique across the registry
+    description: str
+    licence: str
+    approx_gb: float  # for disk planning and --list when the exact size is unknown
+    repo_id: str | None = None
+    repo_file: str | None = None  # path inside the Hugging Face repo
+    revision: str | None = None  # branch or commit; "main" where no commit was verified
+    url: str | None = None
+    bytes: int | None = None  # exact size, None = unknown
+    sha256: str | None = None  # full hex digest, None = unknown (recorded on first download)
+    target: str = MODELS
+    patterns: tuple[str, ...] = ()  # more relative-path globs that identify the file in --weights_dir
+    default: bool = True  # fetched by a plain step 2; others only with --only NAME
+
+    @property
+    def source(self) -> str:
+        """``hf://repo/file`` or the URL: what the manifest records as the origin."""
+        return f"hf://{self.repo_id}/{self.repo_file}" if self.repo_id else str(self.url)
+
+
+REGISTRY: tuple[WeightSpec, ...] = (
+    WeightSpec(
+        name="vavae",
+        filename="vavae-imagenet256-f16d32-dinov2.pt",
+        description="VA-VAE f16d32 (LightningDiT tokenizer, DINOv2-aligned): the autoencoder we fine-tune",
+        licence="MIT per the LightningDiT repository (not verified on the model card)",
+        approx_gb=2.15,
+        repo_id="hustvl/vavae-imagenet256-f16d32-dinov2",
+        repo_file="vavae-imagenet256-f16d32-dinov2.pt",
+        revision="main",
+    ),
+    WeightSpec(
+        name="vavae_latents_stats",
+        filename="vavae-imagenet256-f16d32-dinov2.latents_stats.pt",
+        description="channel mean/std of the released VA-VAE latents on ImageNet (LightningDiT's DiT input)",
+        licence="MIT per the LightningDiT repository (not verified on the model card)",
+        approx_gb=0.0001,
+        repo_id="hustvl/vavae-imagenet256-f16d32-dinov2",
+        repo_file="latents_stats.pt",
+        revision="main",
+        patterns=(
+            "*vavae-imagenet256-f16d32-dinov2*/latents_stats.pt",
+            "*vavae-imagenet256-f16d32-dinov2*/snapshots/*/latents_stats.pt",  # a Hugging Face cache
+        ),
+    ),
+    WeightSpec(
+        name="dinov2_vitl14",
+        filename="vit_large_patch14_dinov2.lvd142m.safetensors",
+        description="DINOv2 ViT-L/14 (timm vit_large_patch14_dinov2.lvd142m): the frozen alignment teacher",
+        licence="Apache-2.0 (DINOv2)",
+        approx_gb=1.22,
+        repo_id="timm/vit_large_patch14_dinov2.lvd142m",
+        repo_file="model.safetensors",
+        revision="main",
+        patterns=(
+            "*vit_large_patch14_dinov2.lvd142m*/model.safetensors",
+            "*vit_large_patch14_dinov2.lvd142m*/snapshots/*/model.safetensors",  # a Hugging Face cache
+        ),
+    ),
+    WeightSpec(
+        name="lpips_vgg16",
+        filename="vgg16-397923af.pth",
+        description="torchvision VGG16 ImageNet weights: the LPIPS-VGG backbone (the linear layers ship in lpips)",
+        licence="BSD-3-Clause (torchvision); VGG weights CC BY 4.0 (Oxford VGG)",
+        approx_gb=0.553,
+        url="https://download.pytorch.org/models/vgg16-397923af.pth",
+        bytes=553_433_881,
+        sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+        target=TORCH_HUB,
+    ),
+    WeightSpec(
+        name="lpips_alex",
+        filename="alexnet-owt-7be5be79.pth",
+        description="torchvision AlexNet ImageNet weights: the LPIPS-Alex backbone (optional metric variant)",
+        licence="BSD-3-Clause (torchvision)",
+        approx_gb=0.244,
+        url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+        bytes=244_408_911,
+        sha256="7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
+        target=TORCH_HUB,
+        default=False,
+    ),
+    WeightSpec(
+        name="fid_inception",
+        filename="pt_inception-2015-12-05-6726825d.pth",
+        description="pytorch-fid's port of the TF Inception v3 used by every published FID: rFID in step 5",
+        licence="Apache-2.0 (pytorch-fid; TensorFlow Inception weights)",
+        approx_gb=0.0956,
+        url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+        bytes=95_628_359,
+        sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+        target=TORCH_HUB,
+    ),
+)
+
+TEACHER_WEIGHTS = {"vit_large_patch14_dinov2.lvd142m": "dinov2_vitl14"}
+"""timm teacher name -> registry entry holding its weights."""
+
+
+def weights_for_config(cfg: Config) -> list[str]:
+    """Registry names a run with ``cfg`` needs (``step2 --config``): none for the random-weight demo.
+
+    A pretrained teacher means a real fine-tune: the released VA-VAE (for the ``vavae`` family) and
+    its latent statistics. A pretrained LPIPS means trustworthy quality metrics: LPIPS-VGG for the
+    loss and the report, and the FID Inception for step 5's rFID.
+    """
+    names = []
+    if cfg.teacher.pretrained and cfg.model.family == "vavae":
+        names += ["vavae", "vavae_latents_stats"]
+        if cfg.teacher.name in TEACHER_WEIGHTS and cfg.teacher.weights_path is None:
+            names.append(TEACHER_WEIGHTS[cfg.teacher.name])
+    if cfg.loss.lpips_pretrained:
+        names += ["lpips_vgg16", "fid_inception"]
+    return names
