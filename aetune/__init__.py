@@ -9,16 +9,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["create_autoencoder", "list_families", "load_weights"]
+__all__ = ["create_autoencoder", "list_families", "load_encoder", "load_weights"]
 
 if TYPE_CHECKING:
+    from aetune.export import load_encoder
     from aetune.models import create_autoencoder, list_families, load_weights
+
+_LAZY = {
+    "create_autoencoder": "aetune.models",
+    "list_families": "aetune.models",
+    "load_weights": "aetune.models",
+    "load_encoder": "aetune.export",
+}
 
 
 def __getattr__(name: str) -> Any:
     """PEP 562 lazy exports: ``aetune.create_autoencoder`` imports ``aetune.models`` when first used."""
-    if name in __all__:
-        import aetune.models
+    if name in _LAZY:
+        import importlib
 
-        return getattr(aetune.models, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'aetune' has no attribute {name!r}")

@@ -1,0 +1,155 @@
+"""The training and validation loaders of step 4: cached uint8 images in a resumable, rank-aware order.
+
+The training order is a pure function of the stage's batch counter: batch ``b`` comes from epoch
+``b // batches_per_epoch`` (a permutation seeded by ``seed + epoch``), position ``b % batches_per_epoch``,
+and DDP rank ``r`` of ``W`` takes the ``r``-th of ``W`` consecutive slices. A run resumed at batch ``b`` (from
+``last.ckpt``) therefore sees exactly the batches an uninterrupted run would, without Lightning's
+mid-epoch loader state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from aetune.data.cache import CachedImages, build_file_cache, load_images
+from aetune.data.prepared import PreparedData
+from aetune.errors import AetuneError
+
+
+def batches_per_epoch(num_items: int, batch_size: int, world_size: int) -> int:
+    """Batches each rank trains per data epoch (an incomplete last batch is dropped).
+
+    Raises:
+        AetuneError: not even one batch.
+    """
+    n = num_items // (batch_size * world_size)
+    if n == 0:
+        raise AetuneError(
+            f"the training split has {num_items} images, fewer than one batch of {batch_size} x {world_size} "
+            "device(s): lower --batch_size or add images"
+        )
+    return n
+
+
+class StageBatchSampler(Sampler[list[int]]):
+    """Batches of indices for one pass, starting where the stage's batch counter says.
+
+    Each ``iter()`` yields the rest of the data epoch that contains batch ``position()``; Lightning calls
+    ``iter()`` once per (its) epoch, after all earlier batches were trained, so ``position()`` is exact.
+
+    Args:
+        num_items: size of the training split.
+        batch_size: images per batch and rank.
+        seed: seeds the per-epoch permutations.
+        position: the stage's number of batches already trained (restored from checkpoints).
+        rank, world_size: this process's DDP rank and the number of ranks.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int,
+        position: Callable[[], int],
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.batches_per_epoch = batches_per_epoch(num_items, batch_size, world_size)
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.position, self.rank, self.world_size = position, rank, world_size
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The permutation of data epoch ``epoch``: (num_items,) int64."""
+        return torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + epoch))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, start = divmod(self.position(), self.batches_per_epoch)
+        order = self.epoch_order(epoch)
+        for j in range(start, self.batches_per_epoch):
+            first = (j * self.world_size + self.rank) * self.batch_size  # rank r takes slice r of W per step
+            yield order[first : first + self.batch_size].tolist()
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Train/val loaders over the cached images of step 3's split.
+
+    Args:
+        prepared: what step 3 wrote (``load_prepared``).
+        work_dir: the work directory (file cache under ``cache/``).
+        image_size: side length images are resized to.
+        batch_size: images per batch and device.
+        num_workers: loader worker processes (0: in the main process).
+        cache: ``ram`` or ``file`` (see ``aetune.data.cache``).
+        seed: seeds the training order (see the module docstring).
+        position: the stage's batch counter (the LightningModule's ``batches_seen``).
+        progress: show decoding progress bars.
+    """
+
+    def __init__(
+        self,
+        prepared: PreparedData,
+        work_dir: Path,
+        image_size: int,
+        batch_size: int,
+        num_workers: int,
+        cache: str,
+        seed: int,
+        position: Callable[[], int],
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        if not prepared.val:
+            raise AetuneError("the validation split is empty: re-run step 3 with a larger --val_ratio")
+        self.prepared, self.work_dir, self.image_size = prepared, Path(work_dir), image_size
+        self.batch_size, self.num_workers, self.cache = batch_size, num_workers, cache
+        self.seed, self.position, self.progress = seed, position, progress
+        self.train_set: CachedImages | None = None
+        self.val_set: CachedImages | None = None
+
+    def prepare_data(self) -> None:
+        """Build the file caches once (Lightning calls this on local rank 0 only, before ``setup``)."""
+        if self.cache == "file":
+            for split in ("train", "val"):
+                build_file_cache(self.prepared, split, self.image_size, self.work_dir, self.progress)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set = self._dataset("train")
+            self.val_set = self._dataset("val")
+
+    def _dataset(self, split: str) -> CachedImages:
+        show = self.progress and (self.trainer is None or self.trainer.is_global_zero)
+        images = load_images(self.prepared, split, self.image_size, self.cache, self.work_dir, show)
+        return CachedImages(images, [s.label for s in self.prepared.split(split)])
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "setup() runs before the loaders"
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = StageBatchSampler(len(self.train_set), self.batch_size, self.seed, self.position, rank, world)
+        return DataLoader(
+            self.train_set,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """The whole validation split on every rank, in order (every rank reports the same numbers)."""
+        assert self.val_set is not None, "setup() runs before the loaders"
+        return DataLoader(
+            self.val_set,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )

@@ -1,0 +1,347 @@
+"""Step 4's orchestration: one session runs the requested stages in order, each with its own Trainer.
+
+A stage resumes from its ``last.ckpt`` when there is one (weights, both optimizers, counters, RNG and
+callback states), else starts from the previous stage's final weights (found through ``run_state.json``),
+else from ``--pretrained_path`` or random weights. Under DDP, Lightning re-runs the whole script in each
+child process when ``fit`` starts, so everything before it must be repeatable: files are written by rank 0
+only, and every rank takes the same decisions from the same files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
+from pytorch_lightning.loggers import Logger, TensorBoardLogger
+from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from aetune.config import Config, dump_config
+from aetune.data.datamodule import ImageDataModule, batches_per_epoch
+from aetune.data.prepare import prepare_dataset
+from aetune.data.prepared import SPLIT_FILE, PreparedData, data_dir, load_prepared
+from aetune.errors import AetuneError
+from aetune.io import atomic_write_text
+from aetune.models import load_weights, read_state_dict
+from aetune.models.loading import DISCRIMINATOR_PREFIX
+from aetune.train.artifacts import final_model_path, read_checkpoint, split_stage_checkpoint, write_final_model
+from aetune.train.callbacks import AtomicCheckpointIO, LastCheckpoint, SessionLimit, StageLength, ValidationRecorder
+from aetune.train.csvlog import StageCSVLogger
+from aetune.train.module import AutoencoderModule
+from aetune.train.plan import (
+    LAST_CKPT,
+    RunState,
+    check_order,
+    checkpoints_dir,
+    config_changes,
+    import_session,
+    init_source,
+    now,
+    relative,
+    stage_dir,
+)
+from aetune.train.precision import DevicePlan, plan_devices
+from aetune.train.rng import batch_seed
+from aetune.train.summary import stage_summary
+
+log = logging.getLogger(__name__)
+EXPECTED_WARNINGS = (
+    r"Found \d+ module\(s\) in eval mode",  # the frozen teacher and LPIPS, on purpose (FrozenTeacher.train)
+    r"Checkpoint directory .* exists and is not empty",  # config.yaml is written first; resumed stages
+    r"You're resuming from a checkpoint that ended before the epoch ended",  # StageBatchSampler resumes exactly
+)
+
+SESSION_KEYS = ("train.max_hours", "data.num_workers", "data.cache")
+"""Config keys that may differ between sessions without changing what a stage trains."""
+FINETUNE_LR, SCRATCH_LR = 1e-5, 1e-4
+"""Seed defaults: fine-tuning pretrained weights vs training from random weights."""
+
+
+@dataclass
+class TrainRequest:
+    """What step 4 was asked to do (its flags, resolved)."""
+
+    work_dir: Path
+    cfg: Config
+    stages: list[str]
+    pretrained_path: Path | None = None
+    data_root: Path | None = None
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: str | None = None  # "0,1" (GPU indices) or "2" (CPU processes)
+    resume_from: Path | None = None
+    allow_stage_gap: bool = False
+    detect_anomaly: bool = False
+    max_hours: float | None = None
+    stop_after_batches: int | None = None
+    started: float = field(default_factory=time.time)  # this process's start: the deadline counts from it
+    progress_bar: bool = True
+
+
+@dataclass
+class TrainResult:
+    """How the session ended: ``done`` (all requested stages) or ``session_limit`` (saved, resumable)."""
+
+    status: str
+    stages_done: list[str]
+    final_model: Path | None = None
+    stage: str | None = None  # the stage it stopped in
+    reason: str | None = None
+    batches: int = 0
+    total_batches: int = 0
+
+
+def is_primary() -> bool:
+    """Rank 0 (read from the launcher's environment, so it is right before the Trainer exists)."""
+    return rank_zero_only.rank == 0
+
+
+def ensure_prepared(req: TrainRequest, primary: bool) -> PreparedData:
+    """Step 3's split; prepared here with step 3's defaults when only ``--data_root`` was given."""
+    if req.data_root is not None and not (data_dir(req.work_dir) / SPLIT_FILE).is_file() and primary:
+        log.info("step 3 has not run in %s: preparing %s with its defaults", req.work_dir, req.data_root)
+        prepare_dataset(req.data_root, req.work_dir, progress=req.progress_bar)
+    return load_prepared(req.work_dir, req.data_root)
+
+
+def run_training(req: TrainRequest) -> TrainResult:
+    """Run the requested stages of ``req`` (see the module docstring).
+
+    Raises:
+        AetuneError: bad input, a stage out of order, unusable GPU, or a run that diverged (after saving).
+    """
+    primary = is_primary()
+    if req.resume_from is not None and primary and import_session(req.resume_from, req.work_dir):
+        log.info("imported the previous session from %s", req.resume_from)
+    prepared = ensure_prepared(req, primary)
+    plan = plan_devices(req.accelerator, req.devices, req.cfg.train.precision, req.work_dir)
+    cfg = req.cfg
+    state = RunState.load(req.work_dir) or RunState(
+        cfg.model.family, cfg.preset, prepared.name, random_teacher=not cfg.teacher.pretrained
+    )
+    state.check_matches(cfg, prepared.name)
+    check_order(req.stages, state, cfg, req.allow_stage_gap)
+    if not state.stages:
+        state.origin = "pretrained" if req.pretrained_path else "scratch"
+    for s in state.sessions:
+        s["exit"] = "lost (no clean exit recorded)" if s["exit"] == "running" else s["exit"]
+    session = {"started": now(), "ended": None, "stages": req.stages, "exit": "running"}
+    state.sessions.append(session)
+    log.info("devices: %s x%d, precision %s (%s)", plan.accelerator, plan.world_size, plan.precision, plan.reason)
+    limit = SessionLimit(req.started, req.max_hours, req.stop_after_batches)
+    result = TrainResult("running", [])
+    try:
+        for stage in req.stages:
+            if stage in state.stages_done:
+                log.info("stage %s is done (run_state.json): skipping it", stage)
+                continue
+            result = run_stage(stage, req, plan, state, prepared, limit)
+            if result.status != "done":
+                return result
+        result.final_model = finish(req, state)
+        result.status = "done"
+        return result
+    except Exception:
+        session["exit"] = "error"
+        raise
+    except BaseException:  # KeyboardInterrupt, or Lightning's SystemExit after one
+        session["exit"] = "interrupted"
+        raise
+    finally:
+        session["ended"] = now()
+        session["exit"] = result.status if session["exit"] == "running" else session["exit"]
+        result.stages_done = list(state.stages_done)
+        if primary:
+            state.save(req.work_dir)
+
+
+def finish(req: TrainRequest, state: RunState) -> Path:
+    """Write ``<family>_<dataset>_final.pt`` from the last requested stage's final checkpoint."""
+    record = state.stages[req.stages[-1]]
+    out = final_model_path(req.work_dir, state.family, state.dataset)
+    if is_primary():
+        write_final_model(checkpoints_dir(req.work_dir) / record.last, out)
+        log.info("final model (stage %s): %s", req.stages[-1], out)
+    state.final_model = relative(out, req.work_dir)
+    state.current_stage = None
+    return out
+
+
+def init_stage_weights(module: AutoencoderModule, stage: str, state: RunState, req: TrainRequest) -> str:
+    """Load what a fresh ``stage`` starts from; return it in words (recorded in run_state.json)."""
+    source = init_source(stage, state, req.cfg, req.work_dir)
+    if source is not None:
+        ae, d, meta = split_stage_checkpoint(read_checkpoint(source), str(source))
+        if meta["model_config"] != module.autoencoder.config:
+            raise AetuneError(
+                f"{source} was trained with model {meta['model_config']}, not {module.autoencoder.config}"
+            )
+        module.autoencoder.load_state_dict(ae)
+        module.discriminator.load_state_dict(d)
+        if req.pretrained_path:
+            log.info("--pretrained_path is not used: stage %s starts from stage %s's weights", stage, meta["stage"])
+        return f"stage {meta['stage']} final weights ({relative(source, req.work_dir)})"
+    if stage != next(iter(req.cfg.train.stages)):
+        log.warning("stage %s: no earlier stage has weights here (--allow_stage_gap): starting from the origin", stage)
+    if req.pretrained_path is None:
+        log.warning("stage %s starts from RANDOM weights: no --pretrained_path was given", stage)
+        return "random initialisation (no --pretrained_path)"
+    weights, name = read_state_dict(req.pretrained_path)
+    with_d = any(k.startswith(DISCRIMINATOR_PREFIX) for k in weights)
+    report = load_weights(module.autoencoder, weights, discriminator=module.discriminator if with_d else None)
+    log.info("%s", report.summary())
+    if not with_d:
+        log.warning("%s has no discriminator: the PatchGAN starts from random weights", name)
+    return f"pretrained {name} ({'with' if with_d else 'without'} its discriminator)"
+
+
+def build_trainer(
+    req: TrainRequest, plan: DevicePlan, folder: Path, callbacks: list[pl.Callback], per_epoch: int
+) -> pl.Trainer:
+    """The Lightning Trainer of one stage (length, validation and checkpoints are driven by callbacks)."""
+    loggers: list[Logger] = [StageCSVLogger(folder)]
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        loggers.append(TensorBoardLogger(save_dir=folder, name="tensorboard", version=""))
+    ddp = plan.world_size > 1
+    return pl.Trainer(
+        accelerator=plan.accelerator,
+        devices=plan.devices,
+        # find_unused_parameters: the discriminator idles before disc_start and in the generator phase.
+        strategy=DDPStrategy(find_unused_parameters=True) if ddp else "auto",
+        # D runs separately on real and fake batches; SyncBatchNorm gives each call the global batch
+        # statistics on GPUs. It has no CPU kernels: CPU DDP keeps per-rank BatchNorm statistics.
+        sync_batchnorm=ddp and plan.accelerator == "gpu",
+        precision=plan.precision,
+        max_epochs=-1,  # StageLength stops by batch count, across sessions
+        val_check_interval=req.cfg.train.val_every_n_steps,
+        check_val_every_n_epoch=None,  # validate every N batches of the stage, not per epoch
+        num_sanity_val_steps=0,
+        logger=loggers,
+        callbacks=[*callbacks, TQDMProgressBar(refresh_rate=10)] if req.progress_bar else callbacks,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=folder,
+        log_every_n_steps=max(1, min(10, per_epoch)),
+        detect_anomaly=req.detect_anomaly,
+        use_distributed_sampler=False,  # StageBatchSampler shards by rank itself
+        enable_progress_bar=req.progress_bar,
+    )
+
+
+def run_stage(
+    stage: str, req: TrainRequest, plan: DevicePlan, state: RunState, prepared: PreparedData, limit: SessionLimit
+) -> TrainResult:
+    """Train (or resume) one stage until it ends, the session limit stops it, or it diverges."""
+    cfg, primary, folder = req.cfg, is_primary(), stage_dir(req.work_dir, stage)
+    last, record = folder / LAST_CKPT, state.record(stage)
+    resumed = read_checkpoint(last)["aetune"] if last.is_file() else None
+    if resumed is not None and resumed["stage_finished"]:
+        return mark_done(stage, state, resumed["batches_seen"], resumed["early_stopped"], req)
+    pl.seed_everything(batch_seed(cfg.train.seed, "stage", stage), workers=True, verbose=False)
+    spec = cfg.train.stages[stage]
+    per_epoch = batches_per_epoch(len(prepared.train), cfg.train.batch_size, plan.world_size)
+    total = spec.epochs * per_epoch
+    total = min(total, spec.max_steps) if spec.max_steps > 0 else total
+    lr = cfg.train.learning_rate
+    lr = lr if lr is not None else FINETUNE_LR if state.origin == "pretrained" else SCRATCH_LR
+    meta = {"dataset": prepared.name, "labels": prepared.labels, "origin": state.origin, "world_size": plan.world_size}
+    module = AutoencoderModule(cfg, stage, total, lr, meta)
+    if resumed is not None:
+        if resumed["model_config"] != module.autoencoder.config:
+            raise AetuneError(
+                f"{last} holds model {resumed['model_config']}; the config now asks for {module.autoencoder.config}"
+            )
+        log.info("stage %s: resuming from %s at batch %d of %d", stage, last, resumed["batches_seen"], total)
+        changes = [c for c in config_changes(resumed["config"], cfg.to_dict()) if not c.startswith(SESSION_KEYS)]
+        if resumed["world_size"] != plan.world_size:
+            changes.append(f"devices: {resumed['world_size']} -> {plan.world_size}")
+        if changes:
+            log.warning(
+                "stage %s resumes with changed settings (the rest of it follows them): %s", stage, "; ".join(changes)
+            )
+    else:
+        record.init = init_stage_weights(module, stage, state, req)
+        log.info("stage %s: %d batches (%d epochs), lr %g, from %s", stage, total, spec.epochs, lr, record.init)
+    record.status, record.planned_batches, state.current_stage = "running", total, stage
+    if primary:
+        atomic_write_text(folder / "config.yaml", dump_config(cfg))
+        state.save(req.work_dir)
+    best = ModelCheckpoint(
+        dirpath=folder,
+        filename="best-b{batches:07.0f}-psnr{val/psnr:.2f}",
+        monitor="val/psnr",
+        mode="max",
+        save_top_k=2,
+        save_weights_only=True,  # a third of the size: best checkpoints are for using, last.ckpt for resuming
+        auto_insert_metric_name=False,
+    )
+    early = EarlyStopping(monitor="val/psnr", mode="max", patience=cfg.train.patience, check_finite=True)
+
+    def on_saved(m: AutoencoderModule) -> None:
+        record.batches, record.last = m.batches_seen, relative(last, req.work_dir)
+        record.best = relative(Path(best.best_model_path), req.work_dir) if best.best_model_path else record.best
+        record.best_psnr = float(best.best_model_score) if best.best_model_score is not None else record.best_psnr
+        state.last_good_checkpoint = record.last
+        state.save(req.work_dir)
+
+    notes = {"stage": stage, "random_teacher": module.meta["random_teacher"], "lpips": module.meta["lpips"]}
+    callbacks = [
+        StageLength(),
+        limit,
+        early,
+        best,
+        LastCheckpoint(last, cfg.train.checkpoint_every_n_batches, on_saved),
+        ValidationRecorder(folder, notes),
+    ]
+    data = ImageDataModule(
+        prepared,
+        req.work_dir,
+        cfg.data.image_size,
+        cfg.train.batch_size,
+        cfg.data.num_workers,
+        cfg.data.cache,
+        batch_seed(cfg.train.seed, "data", stage),
+        lambda: module.batches_seen,
+        req.progress_bar,
+    )
+    trainer = build_trainer(req, plan, folder, callbacks, per_epoch)
+    session_batches, t0 = limit.batches, time.time()
+    with warnings.catch_warnings():
+        for pattern in EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern, module="pytorch_lightning")
+        trainer.fit(module, datamodule=data, ckpt_path=last if resumed is not None else None)
+    if primary:
+        print(stage_summary(stage, module, best, time.time() - t0, limit.batches - session_batches, plan, folder, cfg))
+    if module.stage_finished:
+        return mark_done(stage, state, module.batches_seen, module.batches_seen < total, req)
+    if limit.reason is not None:
+        return TrainResult("session_limit", [], None, stage, limit.reason, module.batches_seen, total)
+    if (
+        early.stopping_reason == EarlyStoppingReason.NON_FINITE_METRIC
+        or module.nonfinite_streak >= cfg.train.max_nonfinite
+    ):
+        raise AetuneError(
+            f"stage {stage} diverged at batch {module.batches_seen} (non-finite losses or validation PSNR; "
+            f"{module.nonfinite_total} skipped steps), saved in {last} with the best checkpoints beside it: "
+            "re-run with --precision 32 or a lower --learning_rate"
+        )
+    raise RuntimeError(f"stage {stage} stopped at batch {module.batches_seen} of {total} for no known reason")
+
+
+def mark_done(stage: str, state: RunState, batches: int, early: bool, req: TrainRequest) -> TrainResult:
+    """Record ``stage`` as finished in the run state."""
+    record = state.record(stage)
+    record.status, record.batches, record.early_stopped, record.finished = "done", batches, early, now()
+    record.last = relative(stage_dir(req.work_dir, stage) / LAST_CKPT, req.work_dir)
+    if stage not in state.stages_done:
+        state.stages_done.append(stage)
+    if is_primary():
+        state.save(req.work_dir)
+    return TrainResult(
+        "done", list(state.stages_done), stage=stage, batches=batches, total_batches=record.planned_batches
+    )

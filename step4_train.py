@@ -1,0 +1,156 @@
+"""Step 4: fine-tune the autoencoder in stages, resumably, within Kaggle's session limits.
+
+    python step4_train.py --data_root /kaggle/input/micro-doppler-data \\
+        --pretrained_path /kaggle/input/vavae-pretrained/vavae-imagenet256-f16d32-dinov2.pt \\
+        --stages 1,2,3 --batch_size 8 --gradient_accumulation 2 --kaggle
+    python step4_train.py ... --batch_size 16 --devices "0,1" --kaggle_t4 --kaggle     # two T4s (DDP)
+    python step4_train.py --config demo --stages 1,2,3                                  # CPU demo
+
+Re-running the same command resumes where it stopped. Writes checkpoints/run_state.json, checkpoints/stageN/
+(last.ckpt, the 2 best by validation PSNR, config.yaml, metrics.csv, validation_history.json, samples/) and
+checkpoints/<family>_<dataset>_final.pt. See docs/step4.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aetune.cli import add_common_args, resolve_work_dir, run_main
+from aetune.errors import AetuneError
+
+if TYPE_CHECKING:
+    from aetune.config import Config
+
+STARTED = time.time()  # the session deadline counts from this process's start
+KAGGLE_MAX_HOURS = 11.5  # Kaggle kills a session at 12 h: stop, save and exit 30 min before
+log = logging.getLogger("aetune")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, config=True)
+    p.add_argument("--family", help="autoencoder family when no --config is given (default vavae: its preset)")
+    p.add_argument("--data_root", help="folder of user folders (optional once step 3 prepared the work dir)")
+    p.add_argument("--pretrained_path", type=Path, help="weights stage 1 starts from (default: random, said loudly)")
+    p.add_argument("--stages", help="stages of the preset's plan to run, e.g. 1,2,3 (default: all)")
+    p.add_argument("--epochs", help="epochs per requested stage: one number for all, or one per stage (30,15,10)")
+    p.add_argument("--max_steps", help="batch limit per requested stage, same form as --epochs (smoke runs)")
+    p.add_argument("--batch_size", type=int, help="images per batch and device")
+    p.add_argument("--gradient_accumulation", type=int, help="batches per optimizer step")
+    p.add_argument("--learning_rate", type=float, help="default 1e-5 from pretrained weights, 1e-4 from scratch")
+    p.add_argument("--gradient_clip_val", type=float, help="max gradient norm (0 disables)")
+    p.add_argument("--freeze_encoder_levels", type=int, help="freeze the encoder stem and its first N levels")
+    p.add_argument("--precision", help="32, 16-mixed or bf16-mixed (default: step 1's advice for this GPU)")
+    p.add_argument("--num_workers", type=int, help="data loader processes")
+    p.add_argument("--seed", type=int, help="seed of initialisation, noise and data order")
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"], help="default: GPU if any")
+    p.add_argument("--devices", help='GPU indices, e.g. "0,1" for DDP on two GPUs; on CPU a process count')
+    p.add_argument("--kaggle_t4", action="store_true", help='Kaggle "GPU T4 x2": --devices "0,1", fp16 mixed')
+    p.add_argument("--max_hours", type=float, help=f"save and stop after H hours (--kaggle: {KAGGLE_MAX_HOURS})")
+    p.add_argument("--stop_after_batches", type=int, help="save and stop this session after N batches")
+    p.add_argument("--resume_from", type=Path, help="a previous session's output (read-only) to continue")
+    p.add_argument("--allow_stage_gap", action="store_true", help="run a stage whose predecessor never finished")
+    p.add_argument("--detect_anomaly", action="store_true", help="autograd anomaly detection (slow; NaN hunting)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars (logs, CI)")
+    return p.parse_args(argv)
+
+
+def per_stage(text: str | None, stages: list[str], flag: str) -> dict[str, int]:
+    """``--epochs 5`` or ``--epochs 30,15,10`` -> {stage: value} for the requested stages."""
+    if text is None:
+        return {}
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise AetuneError(f"{flag} {text}: give integers, one for all stages or one per stage") from None
+    if len(values) == 1:
+        values = values * len(stages)
+    if len(values) != len(stages):
+        raise AetuneError(f"{flag} {text}: {len(values)} values for {len(stages)} stages ({','.join(stages)})")
+    return dict(zip(stages, values, strict=True))
+
+
+def build_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
+    """The preset with ``--set`` and the first-class flags applied (flags last), and the stages to run."""
+    from aetune.config import load_config
+    from aetune.train.plan import parse_stages
+
+    cfg = load_config(args.config or args.family or "vavae", args.overrides)
+    if args.family and cfg.model.family != args.family:
+        raise AetuneError(f"--family {args.family} but --config {args.config} is a {cfg.model.family} preset")
+    stages = parse_stages(args.stages, cfg)
+    flags = {
+        "train.batch_size": args.batch_size,
+        "train.gradient_accumulation": args.gradient_accumulation,
+        "train.learning_rate": args.learning_rate,
+        "train.gradient_clip_val": args.gradient_clip_val,
+        "model.freeze_encoder_levels": args.freeze_encoder_levels,
+        "train.precision": args.precision,
+        "data.num_workers": args.num_workers,
+        "train.seed": args.seed,
+        "train.max_hours": args.max_hours,
+    }
+    if args.kaggle and args.max_hours is None and cfg.train.max_hours is None:
+        flags["train.max_hours"] = KAGGLE_MAX_HOURS
+    for stage, n in per_stage(args.epochs, stages, "--epochs").items():
+        flags[f"train.stages.{stage}.epochs"] = n
+    for stage, n in per_stage(args.max_steps, stages, "--max_steps").items():
+        flags[f"train.stages.{stage}.max_steps"] = n
+    sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    return load_config(args.config or args.family or "vavae", [*args.overrides, *sets]), stages
+
+
+def main(args: argparse.Namespace) -> int:
+    from aetune.train.runner import TrainRequest, is_primary, run_training
+
+    if not is_primary():
+        logging.getLogger().setLevel(logging.ERROR)  # DDP children would repeat the parent's messages
+    cfg, stages = build_config(args)
+    if args.kaggle_t4 and args.devices is None:
+        args.devices = "0,1"
+    work_dir = resolve_work_dir(args)
+    req = TrainRequest(
+        work_dir=work_dir,
+        cfg=cfg,
+        stages=stages,
+        pretrained_path=args.pretrained_path,
+        data_root=Path(args.data_root) if args.data_root else None,
+        accelerator=args.accelerator,
+        devices=args.devices,
+        resume_from=args.resume_from,
+        allow_stage_gap=args.allow_stage_gap,
+        detect_anomaly=args.detect_anomaly,
+        max_hours=cfg.train.max_hours,
+        stop_after_batches=args.stop_after_batches,
+        started=STARTED,
+        progress_bar=not args.no_progress,
+    )
+    result = run_training(req)
+    if not is_primary():
+        return 0
+    again = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    if result.status == "done":
+        log.info("stages done: %s; final model: %s", ", ".join(result.stages_done), result.final_model)
+        log.info("next: python step5_validate_export.py --output_dir %s", shlex.quote(str(work_dir)))
+        return 0
+    log.info(
+        "stopped at %s: stage %s at batch %d of %d, saved in %s. Next: re-run `python %s` here; in a new Kaggle "
+        "session, attach this notebook's output and add --resume_from /kaggle/input/<that output>",
+        result.reason,
+        result.stage,
+        result.batches,
+        result.total_batches,
+        work_dir / "checkpoints" / f"stage{result.stage}" / "last.ckpt",
+        again,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main, parse_args()))

@@ -1,0 +1,193 @@
+"""Step 5's report: summaries, thresholds, final score, probe/silhouette, metrics.json, table and figures."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aetune import report
+from aetune.evaluate import SplitResult
+from aetune.latent_stats import LatentStatsAccumulator
+
+NO_LPIPS = {"lpips": "unavailable: vgg16-397923af.pth is missing"}
+
+
+def _result(latents: np.ndarray, labels: np.ndarray) -> SplitResult:
+    acc = LatentStatsAccumulator()
+    acc.update(torch.from_numpy(latents[:, :, None, None].astype(np.float32)))
+    return SplitResult(labels=labels, latents=latents.astype(np.float32), stats=acc.result())
+
+
+def test_final_score_and_thresholds() -> None:
+    per_image = {
+        "psnr": np.array([31.0, 33.0]),
+        "ssim_y": np.array([0.9, 0.8]),
+        "lpips": np.array([0.05, 0.07]),
+        "mse": np.array([0.001, 0.003]),
+    }
+    s = report.summarize(per_image, {})
+    assert s["final_score"] == pytest.approx(32.0 + 10 * 0.85 - 5 * 0.06)
+    checks = report.check_thresholds(s)
+    assert checks == {
+        "PSNR > 25 dB (minimum)": True,
+        "PSNR > 30 dB (good)": True,
+        "LPIPS < 0.1 (good)": True,
+        "MSE < 0.01 (excellent)": True,
+    }
+    bad = report.summarize({"psnr": np.array([26.0]), "ssim_y": np.array([0.5]), "mse": np.array([0.02])}, NO_LPIPS)
+    assert bad["lpips"].startswith("unavailable: vgg16") and bad["final_score"] == "unavailable: needs lpips"
+    assert report.check_thresholds(bad) == {
+        "PSNR > 25 dB (minimum)": True,
+        "PSNR > 30 dB (good)": False,
+        "LPIPS < 0.1 (good)": None,
+        "MSE < 0.01 (excellent)": False,
+    }
+    assert report.check_thresholds({"psnr": 24.9})["PSNR > 25 dB (minimum)"] is False
+
+
+def test_quality_report_overall_and_per_user() -> None:
+    per_image = {"psnr": np.array([20.0, 22.0, 30.0, 40.0]), "mse": np.array([0.1, 0.1, 0.0, 0.0])}
+    labels = np.array([0, 0, 2, 2])
+    q = report.quality_report(per_image, labels, {"ID_1": 0, "ID_2": 1, "ID_10": 2}, NO_LPIPS)
+    assert q["overall"]["psnr"] == pytest.approx(28.0)
+    assert set(q["per_user"]) == {"ID_1", "ID_10"}  # ID_2 has no image in this split
+    assert q["per_user"]["ID_1"]["psnr"] == pytest.approx(21.0) and q["per_user"]["ID_1"]["num_images"] == 2
+    assert q["per_user"]["ID_10"]["checks"]["PSNR > 30 dB (good)"] is True
+    assert q["per_user"]["ID_1"]["checks"]["PSNR > 25 dB (minimum)"] is False
+    table = report.format_table(q)
+    lines = table.splitlines()
+    assert lines[0].split()[:4] == ["user", "n", "MSE", "PSNR"]
+    row = next(line for line in lines if line.startswith("ID_1 "))
+    assert "21.00" in row and "FAIL" in row and "n/a" in row  # LPIPS n/a
+    assert any(line.startswith("overall") and "28.00" in line for line in lines)
+    assert "LPIPS < 0.1 (good): unavailable: vgg16" in table
+    assert "final_score: unavailable: needs ssim_y, lpips" in table
+
+
+def test_probe_and_silhouette_on_separable_and_random_latents() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 10, (3, 16))
+
+    def separable(n: int) -> SplitResult:
+        y = np.repeat(np.arange(3), n)
+        return _result(centres[y] + rng.normal(0, 0.5, (3 * n, 16)), y)
+
+    train, val = separable(20), separable(6)
+    space = report.latent_space_report(train, val, val, "val")
+    assert space["linear_probe_accuracy"] == 1.0 and space["silhouette"] > 0.8
+    assert space["chance_accuracy"] == pytest.approx(1 / 3)
+
+    def noise(n: int) -> SplitResult:
+        return _result(rng.normal(0, 1, (4 * n, 16)), np.repeat(np.arange(4), n))
+
+    train, val = noise(40), noise(40)
+    space = report.latent_space_report(train, val, val, "val")
+    assert space["linear_probe_accuracy"] < 0.45  # chance is 0.25
+    assert abs(space["silhouette"]) < 0.1
+    assert "linear probe accuracy" in report.format_latent_space(space)
+
+    missing = report.latent_space_report(None, val, val, "val")
+    assert missing["linear_probe_accuracy"].startswith("unavailable: needs images in both")
+
+
+def test_metrics_document_records_random_teacher() -> None:
+    q = report.quality_report({"psnr": np.array([27.0])}, np.array([0]), {"u": 0}, NO_LPIPS)
+    space = {"linear_probe_accuracy": 1.0, "silhouette": 0.5}
+    meta = {"family": "vavae", "dataset": "toy", "stage": "3", "random_teacher": True, "lpips": False}
+    doc = json.loads(json.dumps(report.metrics_document(q, space, meta, "ckpt.pt", "val")))
+    assert doc["random_teacher"] is True and doc["pretrained_lpips"] is False
+    assert any("RANDOM TEACHER" in w for w in doc["warnings"])
+    assert doc["num_images"] == 1 and doc["split"] == "val" and doc["overall"]["psnr"] == 27.0
+    assert {t["name"] for t in doc["thresholds"]} == {t.name for t in report.THRESHOLDS}
+    assert "RANDOM TEACHER" in report.figure_title(meta, "val")
+    clean = report.metrics_document(q, space, {**meta, "random_teacher": False, "lpips": True}, "c", "val")
+    assert clean["warnings"] == [] and "RANDOM" not in report.figure_title({"random_teacher": False}, "val")
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.size
+
+
+def test_reconstruction_figure(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    examples = []
+    for user in ("ID_1", "ID_2", "ID_3"):
+        orig = rng.random((3, 32, 32)).astype(np.float32)
+        examples.append((user, orig, np.clip(orig + rng.normal(0, 0.05, orig.shape), 0, 1).astype(np.float32)))
+    one = _png_size(report.plot_reconstructions(examples[:1], tmp_path / "one.png", "title"))
+    three = _png_size(report.plot_reconstructions(examples, tmp_path / "r.png", "title"))
+    assert three[1] > 2.5 * one[1] and three[0] == pytest.approx(one[0], rel=0.1)  # one row per example
+    with pytest.raises(ValueError, match="no examples"):
+        report.plot_reconstructions([], tmp_path / "empty.png")
+
+
+@pytest.mark.parametrize(("n", "panels"), [(12, ["PCA"]), (40, ["PCA", "t-SNE"])])
+def test_latent_projection(tmp_path: Path, n: int, panels: list[str]) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(n, 24))
+    assert list(report.project_2d(x)) == panels
+    assert all(xy.shape == (n, 2) for xy in report.project_2d(x).values())
+    labels = np.arange(n) % 3
+    path = report.plot_latent_users(x, labels, {"a": 0, "b": 1, "c": 2}, tmp_path / "l.png", "probe 1.0")
+    assert _png_size(path)[0] > 400
+
+
+def _write_csv(path: Path, rows: list[dict[str, object]]) -> Path:
+    cols = sorted({k for r in rows for k in r})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_training_curves_from_sparse_csvs(tmp_path: Path) -> None:
+    ckpts = tmp_path / "checkpoints"
+    for stage, n in (("1", 30), ("2", 20), ("10", 5)):
+        rows: list[dict[str, object]] = [{"step": i, "epoch": 0, "train/total": 1.0 / (i + 1)} for i in range(n)]
+        rows += [{"step": n - 1, "epoch": 0, "val/psnr": 20.0 + int(stage)}]
+        _write_csv(ckpts / f"stage{stage}" / "metrics.csv", rows)
+    (ckpts / "stage3").mkdir()  # a stage that has not logged yet
+    files = report.stage_metrics_files(ckpts)
+    assert list(files) == ["1", "2", "10"]
+    data = report.read_metrics_csv(files["1"])
+    assert set(data) == {"train/total", "val/psnr"}
+    xs, ys = data["val/psnr"]
+    assert xs.tolist() == [29.0] and ys.tolist() == [21.0]
+    assert len(data["train/total"][0]) == 30
+    path = report.plot_training_curves(files, tmp_path / "curves.png")
+    assert path is not None and _png_size(path)[0] > 400
+    assert report.plot_training_curves({}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_smoothing_keeps_length_and_constant() -> None:
+    y = np.full(200, 3.0)
+    assert np.allclose(report._smooth(y), y) and len(report._smooth(np.arange(7.0))) == 7
+    assert not math.isnan(float(report._smooth(np.arange(500.0)).mean()))
+
+
+def test_rfid_metric_matches_a_scipy_reference() -> None:
+    from scipy import linalg
+
+    rng = np.random.default_rng(2)
+    real = rng.normal(size=(60, 8))
+    fake = real @ rng.normal(0, 0.3, (8, 8)) + rng.normal(0.5, 1.0, (60, 8))
+    res = _result(rng.normal(size=(60, 4)), np.arange(60) % 3)
+    res.real_features, res.fake_features = real, fake
+    mu1, mu2 = real.mean(0), fake.mean(0)
+    s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    ref = float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real))
+    assert report.rfid_metric(res, None) == pytest.approx(ref, rel=1e-6)
+    no_features = _result(rng.normal(size=(5, 4)), np.arange(5) % 2)
+    assert report.rfid_metric(no_features, "unavailable: weights missing") == "unavailable: weights missing"
+    one = _result(rng.normal(size=(2, 4)), np.array([0, 1]))
+    one.labels, one.real_features, one.fake_features = one.labels[:1], real[:1], fake[:1]
+    assert report.rfid_metric(one, None) == "unavailable: rFID needs at least 2 images"
