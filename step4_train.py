@@ -8,7 +8,7 @@
 
 Re-running the same command resumes where it stopped. Writes checkpoints/run_state.json, checkpoints/stageN/
 (last.ckpt, the 2 best by validation PSNR, config.yaml, metrics.csv, validation_history.json, samples/) and
-checkpoints/<family>_<dataset>_final.pt. See docs/step4.md.
+checkpoints/<family>_<dataset>_final.pt. See README.md, "Step 4".
 """
 
 from __future__ import annotations
@@ -37,7 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_common_args(p, config=True)
     p.add_argument("--family", help="autoencoder family when no --config is given (default vavae: its preset)")
     p.add_argument("--data_root", help="folder of user folders (optional once step 3 prepared the work dir)")
-    p.add_argument("--pretrained_path", type=Path, help="weights stage 1 starts from (default: random, said loudly)")
+    p.add_argument(
+        "--pretrained_path",
+        type=Path,
+        help="weights stage 1 starts from (default: the VA-VAE step 2 fetched, else random init, said loudly)",
+    )
+    p.add_argument("--from_scratch", action="store_true", help="ignore step 2's VA-VAE checkpoint: random init")
     p.add_argument("--stages", help="stages of the preset's plan to run, e.g. 1,2,3 (default: all)")
     p.add_argument("--epochs", help="epochs per requested stage: one number for all, or one per stage (30,15,10)")
     p.add_argument("--max_steps", help="batch limit per requested stage, same form as --epochs (smoke runs)")
@@ -107,6 +112,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from aetune.hub import attach_recorded_weights, recorded_weight
     from aetune.train.runner import TrainRequest, is_primary, run_training
 
     if not is_primary():
@@ -115,11 +121,17 @@ def main(args: argparse.Namespace) -> int:
     if args.kaggle_t4 and args.devices is None:
         args.devices = "0,1"
     work_dir = resolve_work_dir(args)
+    attach_recorded_weights(cfg, work_dir)
+    pretrained = args.pretrained_path
+    if pretrained is None and not args.from_scratch and cfg.model.family == "vavae" and not cfg.model.args:
+        pretrained = recorded_weight(work_dir, "vavae")  # the released model step 2 fetched
+        if pretrained is not None:
+            log.info("--pretrained_path not given: starting from %s (step 2); --from_scratch to not", pretrained)
     req = TrainRequest(
         work_dir=work_dir,
         cfg=cfg,
         stages=stages,
-        pretrained_path=args.pretrained_path,
+        pretrained_path=pretrained,
         data_root=Path(args.data_root) if args.data_root else None,
         accelerator=args.accelerator,
         devices=args.devices,

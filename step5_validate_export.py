@@ -66,6 +66,7 @@ def main(args: argparse.Namespace) -> int:
     from aetune.data.prepared import load_prepared
     from aetune.evaluate import Evaluator, check_labels, inception_features, report_lpips
     from aetune.export import dit_snippet, export_for_dit
+    from aetune.hub import recorded_weight
     from aetune.io import atomic_torch_save, atomic_write_json
     from aetune.train.artifacts import load_autoencoder_checkpoint
     from aetune.train.plan import RunState
@@ -91,8 +92,10 @@ def main(args: argparse.Namespace) -> int:
 
     lpips_model = features = lpips_reason = rfid_reason = None
     if "metrics" in parts:
+        recorded_weight(work_dir, "lpips_vgg16")  # links step 2's VGG16 into the torch hub cache for lpips
+        inception = args.inception_weights or recorded_weight(work_dir, "fid_inception")
         lpips_model, lpips_reason = report_lpips(meta)
-        features, rfid_reason = inception_features(args.inception_weights, device)
+        features, rfid_reason = inception_features(inception, device)
     evaluator = Evaluator(
         model, prepared, size, meta["config"]["data"]["cache"], work_dir, lpips_model=lpips_model, features=features,
         batch_size=args.batch_size, device=device, stats_source=args.latent_source,

@@ -6,6 +6,7 @@ import argparse
 import errno
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def resolve_work_dir(args: argparse.Namespace) -> Path:
 
 def setup_logging(verbose: bool = False) -> None:
     """Plain ``message`` lines on stdout (notebook cells show them in order with tqdm on stderr)."""
+    # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates, once per stage: noise to a user.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",

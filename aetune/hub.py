@@ -22,9 +22,10 @@ from typing import Any
 from huggingface_hub import hf_hub_download
 from tqdm.auto import tqdm
 
+from aetune.config import Config
 from aetune.errors import AetuneError
 from aetune.io import atomic_path, atomic_write_json, read_json
-from aetune.weights_registry import REGISTRY, TORCH_HUB, WeightSpec
+from aetune.weights_registry import REGISTRY, TEACHER_WEIGHTS, TORCH_HUB, WeightSpec
 
 log = logging.getLogger(__name__)
 
@@ -356,3 +357,32 @@ def resolve_weight(work_dir: Path, name: str) -> Path:
         raise WeightsUnavailable(f"{missing_message(spec)} ({where}: {manifest_file(work_dir)})")
     place(path, spec)
     return path
+
+
+def recorded_weight(work_dir: Path, name: str) -> Path | None:
+    """Like :func:`resolve_weight`, but None (logged) when step 2 has not recorded ``name`` here.
+
+    For optional lookups: the caller's loader then searches its own places and, if the file is
+    nowhere, raises its own error naming the file.
+    """
+    try:
+        return resolve_weight(work_dir, name)
+    except WeightsUnavailable as e:
+        log.debug("%s", e)
+        return None
+
+
+def attach_recorded_weights(cfg: Config, work_dir: Path) -> None:
+    """Point ``cfg`` at the weights step 2 recorded in ``work_dir`` (in place).
+
+    The teacher gets its file as ``teacher.weights_path`` (unless one is set); the LPIPS backbone is
+    linked into the torch hub cache, where the lpips package looks (a new Kaggle session starts with
+    an empty cache). Weights step 2 never recorded are left to the loaders' own errors.
+    """
+    if cfg.teacher.pretrained and cfg.teacher.weights_path is None and cfg.teacher.name in TEACHER_WEIGHTS:
+        path = recorded_weight(work_dir, TEACHER_WEIGHTS[cfg.teacher.name])
+        if path is not None:
+            cfg.teacher.weights_path = str(path)
+            log.info("teacher weights: %s (from step 2)", path)
+    if cfg.loss.lpips_pretrained:
+        recorded_weight(work_dir, "lpips_vgg16")
