@@ -255,3 +255,33 @@ def test_reverify_catches_changed_file(remote, tmp_path):
     out = hub.ensure_weight(remote.specs[1], work, manifest, reverify=True)
     assert out.status == "downloaded" and path.read_bytes() == remote.net_bytes
     assert "has sha256" in out.notes[0]
+
+
+def _record(work: Path, name: str, data: bytes = b"weights") -> Path:
+    path = work / "models" / f"{name}.bin"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    manifest = hub.read_manifest(work)
+    manifest[name] = {"path": str(path), "bytes": len(data), "sha256": None, "source": "test", "revision": None}
+    hub.atomic_write_json(hub.manifest_file(work), manifest)
+    return path
+
+
+def test_recorded_weights_reach_the_run_config(tmp_path, monkeypatch):
+    from aetune.config import load_config
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    work = tmp_path / "work"
+    cfg = load_config("vavae")
+    hub.attach_recorded_weights(cfg, work)  # nothing recorded: left to the loaders' own errors
+    assert cfg.teacher.weights_path is None and hub.recorded_weight(work, "vavae") is None
+    teacher = _record(work, "dinov2_vitl14")
+    vgg = _record(work, "lpips_vgg16")
+    hub.attach_recorded_weights(cfg, work)
+    assert cfg.teacher.weights_path == str(teacher)
+    assert hub.torch_hub_path("vgg16-397923af.pth").resolve() == vgg.resolve()  # where lpips looks
+    demo = load_config("demo")
+    hub.attach_recorded_weights(demo, work)
+    assert demo.teacher.weights_path is None  # random teacher: never pointed at a file
+    teacher.write_bytes(b"changed size")
+    assert hub.recorded_weight(work, "dinov2_vitl14") is None
