@@ -62,7 +62,7 @@ def find_checkpoint(arg: str | None, work_dir: Path) -> Path:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from aetune import report
+    from aetune import figures, report
     from aetune.data.prepared import load_prepared
     from aetune.evaluate import Evaluator, check_labels, inception_features, report_lpips
     from aetune.export import dit_snippet, export_for_dit
@@ -127,7 +127,7 @@ def main(args: argparse.Namespace) -> int:
         for name, obj in files.items()
     ]
     if "figures" in parts:
-        written += report.write_figures(evaluated, space, prepared.labels, meta, eval_split, work_dir)
+        written += figures.write_figures(evaluated, space, prepared.labels, meta, eval_split, work_dir)
     if "export" in parts:
         info = {"checkpoint": str(ckpt), "stats_split": stats_split}
         exported = export_for_dit(out, model, stats, prepared.labels, size, {**report.provenance(meta), **info})

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from aetune import report
+from aetune import figures, report
 from aetune.evaluate import SplitResult
 from aetune.latent_stats import LatentStatsAccumulator
 
@@ -122,21 +122,21 @@ def test_reconstruction_figure(tmp_path: Path) -> None:
     for user in ("ID_1", "ID_2", "ID_3"):
         orig = rng.random((3, 32, 32)).astype(np.float32)
         examples.append((user, orig, np.clip(orig + rng.normal(0, 0.05, orig.shape), 0, 1).astype(np.float32)))
-    one = _png_size(report.plot_reconstructions(examples[:1], tmp_path / "one.png", "title"))
-    three = _png_size(report.plot_reconstructions(examples, tmp_path / "r.png", "title"))
+    one = _png_size(figures.plot_reconstructions(examples[:1], tmp_path / "one.png", "title"))
+    three = _png_size(figures.plot_reconstructions(examples, tmp_path / "r.png", "title"))
     assert three[1] > 2.5 * one[1] and three[0] == pytest.approx(one[0], rel=0.1)  # one row per example
     with pytest.raises(ValueError, match="no examples"):
-        report.plot_reconstructions([], tmp_path / "empty.png")
+        figures.plot_reconstructions([], tmp_path / "empty.png")
 
 
 @pytest.mark.parametrize(("n", "panels"), [(12, ["PCA"]), (40, ["PCA", "t-SNE"])])
 def test_latent_projection(tmp_path: Path, n: int, panels: list[str]) -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(n, 24))
-    assert list(report.project_2d(x)) == panels
-    assert all(xy.shape == (n, 2) for xy in report.project_2d(x).values())
+    assert list(figures.project_2d(x)) == panels
+    assert all(xy.shape == (n, 2) for xy in figures.project_2d(x).values())
     labels = np.arange(n) % 3
-    path = report.plot_latent_users(x, labels, {"a": 0, "b": 1, "c": 2}, tmp_path / "l.png", "probe 1.0")
+    path = figures.plot_latent_users(x, labels, {"a": 0, "b": 1, "c": 2}, tmp_path / "l.png", "probe 1.0")
     assert _png_size(path)[0] > 400
 
 
@@ -155,23 +155,23 @@ def test_training_curves_from_sparse_csvs(tmp_path: Path) -> None:
         rows += [{"step": n - 1, "epoch": 0, "val/psnr": 20.0 + int(stage)}]
         _write_csv(ckpts / f"stage{stage}" / "metrics.csv", rows)
     (ckpts / "stage3").mkdir()  # a stage that has not logged yet
-    files = report.stage_metrics_files(ckpts)
+    files = figures.stage_metrics_files(ckpts)
     assert list(files) == ["1", "2", "10"]
-    data = report.read_metrics_csv(files["1"])
+    data = figures.read_metrics_csv(files["1"])
     assert set(data) == {"train/total", "val/psnr"}
     xs, ys = data["val/psnr"]
     assert xs.tolist() == [29.0] and ys.tolist() == [21.0]
     assert len(data["train/total"][0]) == 30
-    path = report.plot_training_curves(files, tmp_path / "curves.png")
+    path = figures.plot_training_curves(files, tmp_path / "curves.png")
     assert path is not None and _png_size(path)[0] > 400
-    assert report.plot_training_curves({}, tmp_path / "none.png") is None
+    assert figures.plot_training_curves({}, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
 
 
 def test_smoothing_keeps_length_and_constant() -> None:
     y = np.full(200, 3.0)
-    assert np.allclose(report._smooth(y), y) and len(report._smooth(np.arange(7.0))) == 7
-    assert not math.isnan(float(report._smooth(np.arange(500.0)).mean()))
+    assert np.allclose(figures._smooth(y), y) and len(figures._smooth(np.arange(7.0))) == 7
+    assert not math.isnan(float(figures._smooth(np.arange(500.0)).mean()))
 
 
 def test_rfid_metric_matches_a_scipy_reference() -> None:
