@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 WORK="${1:-./aetune_work}"
-python step1_setup_environment.py --output_dir "$WORK" --check_only
+python step1_setup_environment.py --output_dir "$WORK" --check_only --min_free_gb 1  # the demo needs ~0.2 GB
 python step2_download_models.py --output_dir "$WORK" --config demo
 python step3_prepare_dataset.py --synthetic microdoppler --num_users 8 --images_per_user 24 --image_size 64 \
     --output_dir "$WORK"
