@@ -20,8 +20,9 @@ import torch
 
 from aetune.cli import run_main
 from aetune.config import load_config
+from aetune.data.cache import to_model_range
 from aetune.env import advise_precision, gpu_facts
-from aetune.train.module import AutoencoderModule, to_model_range
+from aetune.train.module import AutoencoderModule
 from aetune.train.precision import check_precision
 
 AUTOCAST = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from aetune import metrics
-from aetune.data.cache import CachedImages, build_file_cache, load_images
+from aetune.data.cache import CachedImages, build_file_cache, load_images, to_model_range
 from aetune.data.prepared import PreparedData
 from aetune.errors import AetuneError
 from aetune.hub import WeightsUnavailable
@@ -31,11 +31,6 @@ log = logging.getLogger(__name__)
 
 FeatureFn = Callable[[Tensor], Tensor]
 """Images (B, 3, H, W) in [0, 1] -> features (B, D) (the Inception extractor, or a stand-in in tests)."""
-
-
-def from_uint8(x: Tensor) -> Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1], the autoencoder's input range (``x / 127.5 - 1``)."""
-    return x.float() / 127.5 - 1.0
 
 
 def to_unit(x: Tensor) -> Tensor:
@@ -116,7 +111,7 @@ def evaluate_split(
     examples: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     start = 0
     for images, y in tqdm(DataLoader(dataset, batch_size=batch_size), desc=desc, unit="batch", disable=not progress):
-        x = from_uint8(images.to(device))  # (B, 3, S, S) uint8 -> [-1, 1]
+        x = to_model_range(images.to(device))  # (B, 3, S, S) uint8 -> [-1, 1]
         enc = model.encode(x)
         post = enc.latent_dist
         if stats_source == "sample":

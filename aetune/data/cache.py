@@ -27,6 +27,12 @@ from aetune.io import atomic_path, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
+
+def to_model_range(images: Tensor) -> Tensor:
+    """Cached uint8 (B, 3, H, W) in [0, 255] -> float32 in [-1, 1], the autoencoders' input range."""
+    return images.float() / 127.5 - 1.0
+
+
 CACHE_MODES = ("ram", "file")
 CACHE_SUBDIR = "cache"
 

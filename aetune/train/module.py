@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from aetune import metrics
 from aetune.config import Config
+from aetune.data.cache import to_model_range
 from aetune.errors import AetuneError
 from aetune.losses import ObjectiveWeights, build_lpips, discriminator_objective, generator_objective
 from aetune.models import FrozenTeacher, NLayerDiscriminator, create_autoencoder
@@ -35,11 +36,6 @@ log = logging.getLogger(__name__)
 FROZEN_PREFIXES = ("teacher.", "perceptual.")
 """State-dict groups rebuilt from their own weights, never written into checkpoints (DINOv2-L is 1.2 GB)."""
 PREVIEW_IMAGES = 8
-
-
-def to_model_range(images: Tensor) -> Tensor:
-    """uint8 (B, 3, H, W) in [0, 255] -> float32 in [-1, 1]."""
-    return images.float() / 127.5 - 1.0
 
 
 @contextlib.contextmanager
