@@ -43,6 +43,11 @@ class WeightSpec:
         return f"hf://{self.repo_id}/{self.repo_file}" if self.repo_id else str(self.url)
 
 
+def _hf_patterns(repo_name: str, repo_file: str) -> tuple[str, ...]:
+    """Globs finding ``repo_file`` of a Hugging Face repo in an attached folder: plain, or a copied HF cache."""
+    return f"*{repo_name}*/{repo_file}", f"*{repo_name}*/snapshots/*/{repo_file}"
+
+
 REGISTRY: tuple[WeightSpec, ...] = (
     WeightSpec(
         name="vavae",
@@ -63,10 +68,7 @@ REGISTRY: tuple[WeightSpec, ...] = (
         repo_id="hustvl/vavae-imagenet256-f16d32-dinov2",
         repo_file="latents_stats.pt",
         revision="main",
-        patterns=(
-            "*vavae-imagenet256-f16d32-dinov2*/latents_stats.pt",
-            "*vavae-imagenet256-f16d32-dinov2*/snapshots/*/latents_stats.pt",  # a Hugging Face cache
-        ),
+        patterns=_hf_patterns("vavae-imagenet256-f16d32-dinov2", "latents_stats.pt"),
     ),
     WeightSpec(
         name="dinov2_vitl14",
@@ -77,10 +79,7 @@ REGISTRY: tuple[WeightSpec, ...] = (
         repo_id="timm/vit_large_patch14_dinov2.lvd142m",
         repo_file="model.safetensors",
         revision="main",
-        patterns=(
-            "*vit_large_patch14_dinov2.lvd142m*/model.safetensors",
-            "*vit_large_patch14_dinov2.lvd142m*/snapshots/*/model.safetensors",  # a Hugging Face cache
-        ),
+        patterns=_hf_patterns("vit_large_patch14_dinov2.lvd142m", "model.safetensors"),
     ),
     WeightSpec(
         name="lpips_vgg16",
