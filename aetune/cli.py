@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from aetune.errors import AetuneError
+from aetune.io import remove_stale_temps
 from aetune.paths import DEFAULT_WORK_DIR, KAGGLE_WORKING
 
 log = logging.getLogger("aetune")
@@ -58,28 +60,56 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+def one_line(message: str) -> str:
+    """A message on one line: what a notebook cell shows as ``error: ...`` and a log grep finds whole."""
+    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def os_error_message(e: OSError) -> str:
+    """What went wrong with the file system, and how to fix it, in words (no traceback)."""
+    where = f" {e.filename}" if e.filename else ""
+    if e.errno == errno.ENOSPC:
+        return f"disk full while writing{where}: free space and re-run (nothing was half-written)"
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write{where} ({e.strerror}): pick a writable --output_dir (on Kaggle: /kaggle/working)"
+    if e.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return f"{where.strip()} is in the way ({e.strerror}): a file stands where a folder is needed, or the reverse"
+    if e.errno == errno.ENOENT:
+        return f"no such file or folder{where}"
+    return f"{e.strerror or e}{':' if where else ''}{where}"
+
+
+def clean_work_dir(args: argparse.Namespace) -> None:
+    """Remove what killed writes left in the work directory (rank 0 of a launch only)."""
+    if os.environ.get("RANK", "0") != "0" or os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    if not hasattr(args, "output_dir") or not hasattr(args, "kaggle"):
+        return
+    for path in remove_stale_temps(resolve_work_dir(args)):
+        log.info("removed %s (left by an interrupted write)", path)
+
+
 def run_main(main: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a step's ``main``; user errors become one ``error:`` line on stderr and exit code 2.
 
-    Only errors about the user's input or machine are caught (``AetuneError``, missing files, a full
-    disk); anything else is a bug in aetune and keeps its traceback.
+    Only errors about the user's input or machine are caught (``AetuneError``, and any ``OSError``: a
+    missing file, a full disk, a read-only or misplaced work directory); anything else is a bug in aetune
+    and keeps its traceback.
     """
     setup_logging(getattr(args, "verbose", False))
+    verbose = getattr(args, "verbose", False)
     try:
+        clean_work_dir(args)
         return main(args)
-    except (AetuneError, FileNotFoundError, PermissionError) as e:
-        if getattr(args, "verbose", False):
+    except AetuneError as e:
+        if verbose:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:
-        if e.errno != errno.ENOSPC:
+        if verbose:
             raise
-        print(
-            f"error: disk full while writing {e.filename or 'output'}: "
-            "free space and re-run (nothing was half-written)",
-            file=sys.stderr,
-        )
+        print(f"error: {one_line(os_error_message(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)

@@ -9,12 +9,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from aetune.errors import InvalidArgument
 
 
 @contextlib.contextmanager
@@ -43,6 +47,34 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+TEMP_PATTERN = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$|^\..+\.(importing|building)$")
+"""Names of what a killed write leaves: ``atomic_path``'s ``.<name>.<random>.tmp`` files and the
+``.<name>.importing`` / ``.<name>.building`` folders of whole-folder writes."""
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files and folders killed writes left under ``folder``; return them.
+
+    Call it once at the start of a step, on rank 0 only, before anything writes there: a temporary file
+    of a live write would otherwise vanish under it.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*filenames, *dirnames]:
+            if TEMP_PATTERN.match(name):
+                path = Path(dirpath) / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                    dirnames.remove(name)
+                else:
+                    path.unlink()
+                removed.append(path)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -79,9 +111,14 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file, with an error naming the file when it is corrupt."""
+    """Read a JSON file, with a one-line error naming the file when it is empty, truncated or not JSON.
+
+    Raises:
+        InvalidArgument: the file is not valid UTF-8 JSON (a ``ValueError`` and an ``AetuneError``).
+    """
     p = Path(path)
     try:
         return json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p} is not valid JSON ({e}); delete it and re-run the step that writes it") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        what = "empty" if p.stat().st_size == 0 else f"not valid JSON ({str(e).splitlines()[0]})"
+        raise InvalidArgument(f"{p} is {what}; delete it and re-run the step that writes it") from e

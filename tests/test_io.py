@@ -7,7 +7,8 @@ import stat
 
 import pytest
 
-from aetune.io import atomic_path, atomic_write_json, atomic_write_text, read_json
+from aetune.errors import AetuneError
+from aetune.io import atomic_path, atomic_write_json, atomic_write_text, read_json, remove_stale_temps
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path) -> None:
@@ -33,3 +34,25 @@ def test_corrupt_json_names_the_file(tmp_path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json is not valid JSON"):
         read_json(tmp_path / "bad.json")
+
+
+def test_stale_temps_of_killed_writes_are_removed_and_nothing_else(tmp_path) -> None:
+    keep = atomic_write_text(tmp_path / "data" / "split.json", "{}")
+    (tmp_path / "data" / ".notes.txt").write_text("a user's hidden file")
+    stale_file = tmp_path / "data" / ".split.json.ab12_x9z.tmp"
+    stale_file.write_text("half")
+    stale_dir = tmp_path / ".results.building"
+    (stale_dir / "sub").mkdir(parents=True)
+    removed = remove_stale_temps(tmp_path)
+    assert sorted(p.name for p in removed) == [".results.building", ".split.json.ab12_x9z.tmp"]
+    assert keep.read_text() == "{}"
+    assert (tmp_path / "data" / ".notes.txt").exists()
+    assert not stale_file.exists() and not stale_dir.exists()
+
+
+@pytest.mark.parametrize(("content", "what"), [(b"", "is empty"), (b'{"a": ', "is not valid JSON"), (b"\xff\xfe", "JSON")])
+def test_unreadable_json_is_one_line_naming_the_file(tmp_path, content, what) -> None:
+    (tmp_path / "x.json").write_bytes(content)
+    with pytest.raises(AetuneError, match=what) as info:
+        read_json(tmp_path / "x.json")
+    assert "x.json" in str(info.value) and "\n" not in str(info.value)
