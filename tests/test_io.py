@@ -50,7 +50,9 @@ def test_stale_temps_of_killed_writes_are_removed_and_nothing_else(tmp_path) -> 
     assert not stale_file.exists() and not stale_dir.exists()
 
 
-@pytest.mark.parametrize(("content", "what"), [(b"", "is empty"), (b'{"a": ', "is not valid JSON"), (b"\xff\xfe", "JSON")])
+@pytest.mark.parametrize(
+    ("content", "what"), [(b"", "is empty"), (b'{"a": ', "is not valid JSON"), (b"\xff\xfe", "JSON")]
+)
 def test_unreadable_json_is_one_line_naming_the_file(tmp_path, content, what) -> None:
     (tmp_path / "x.json").write_bytes(content)
     with pytest.raises(AetuneError, match=what) as info:
