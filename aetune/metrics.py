@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aetune.hub import WeightsUnavailable, torch_hub_path
+from aetune.hub import WeightCorrupt, WeightsUnavailable, torch_hub_path
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,11 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 """pytorch-fid's port of the TF Inception graph every published FID uses (torch hub cache name)."""
 FID_INPUT_SIZE = 299
+FID_FEATURE_DIM = 2048
+"""Inception pool features per image: below this many images their covariance is rank-deficient."""
+MSE_FLOOR = 1e-10
+"""PSNR clamps the MSE (relative to ``data_range ** 2``) here, so a perfect reconstruction reads 100 dB, not inf
+(an inf mean, or inf - inf = nan in a comparison, would read as divergence)."""
 
 
 def _check_pair(a: Tensor, b: Tensor) -> None:
@@ -71,7 +78,7 @@ def rgb_to_y(x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def psnr(a: Tensor, b: Tensor, y_channel: bool = False, data_range: float = 1.0) -> Tensor:
-    """Peak signal-to-noise ratio per image, in dB (inf for identical images).
+    """Peak signal-to-noise ratio per image, in dB, at most 100 dB (identical images; see ``MSE_FLOOR``).
 
     Args:
         a, b: (B, 3, H, W) images in [0, 1].
@@ -79,13 +86,13 @@ def psnr(a: Tensor, b: Tensor, y_channel: bool = False, data_range: float = 1.0)
         data_range: peak value of the images (1 for [0, 1]).
 
     Returns:
-        (B,) float32 dB.
+        (B,) float32 dB in (-inf, 100].
     """
     _check_pair(a, b)
     a, b = a.float(), b.float()
     if y_channel:
         a, b = rgb_to_y(a), rgb_to_y(b)
-    return 10.0 * torch.log10(data_range**2 / mse(a, b))
+    return 10.0 * torch.log10(data_range**2 / mse(a, b).clamp_min(MSE_FLOOR * data_range**2))
 
 
 def _gaussian_window(device: torch.device) -> Tensor:
@@ -237,6 +244,30 @@ def _fid_inception() -> nn.Module:
     return net
 
 
+def _read_inception_state(path: Path, net: nn.Module) -> dict[str, Tensor]:
+    """pytorch-fid's Inception state dict from ``path``, checked against ``net`` (``_fid_inception()``).
+
+    Raises:
+        WeightCorrupt: unreadable (truncated, text, pickle beyond tensors) or another network's weights.
+    """
+    fix = f"re-run step2_download_models.py --only fid_inception, or attach an intact {FID_WEIGHTS_FILE}"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightCorrupt(f"FID Inception weights {path} are unreadable ({reason}): {fix}") from e
+    expected = net.state_dict()
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise WeightCorrupt(f"FID Inception weights {path} hold a {type(state).__name__}, not a state dict: {fix}")
+    wrong = [k for k in expected if k not in state or state[k].shape != expected[k].shape]
+    if wrong or len(state) != len(expected):
+        raise WeightCorrupt(
+            f"FID Inception weights {path} are not pytorch-fid's ({len(wrong)} of {len(expected)} tensors missing or "
+            f"mis-shaped, first {wrong[0] if wrong else 'none'}; {len(state)} tensors in the file): {fix}"
+        )
+    return state
+
+
 class InceptionFeatureExtractor(nn.Module):
     """[0, 1] images -> 2048-d pool features of the FID Inception network (pytorch-fid's weights).
 
@@ -248,6 +279,7 @@ class InceptionFeatureExtractor(nn.Module):
 
     Raises:
         WeightsUnavailable: the weights file is missing.
+        WeightCorrupt: the file is unreadable or holds another network's weights.
     """
 
     def __init__(self, weights_path: str | Path | None = None, random_weights: bool = False) -> None:
@@ -268,7 +300,7 @@ class InceptionFeatureExtractor(nn.Module):
                     f"fid_inception, or attach a Kaggle dataset holding {FID_WEIGHTS_FILE} and run step 2 "
                     "with --weights_dir"
                 )
-            self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            self.net.load_state_dict(_read_inception_state(path, self.net))
         self.net.fc = nn.Identity()  # the 1008-way TF classifier is not part of FID: keep pool features
         self.eval().requires_grad_(False)
 

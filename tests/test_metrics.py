@@ -11,7 +11,7 @@ from scipy import linalg
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from aetune import metrics
-from aetune.hub import WeightsUnavailable
+from aetune.hub import WeightCorrupt, WeightsUnavailable
 
 
 @pytest.fixture
@@ -34,7 +34,20 @@ def test_psnr_matches_skimage(pair):
     ref = [peak_signal_noise_ratio(x.numpy(), y.numpy(), data_range=1.0) for x, y in zip(a, b, strict=True)]
     assert got.shape == (3,)
     np.testing.assert_allclose(got.numpy(), ref, atol=1e-4)
-    assert math.isinf(metrics.psnr(a, a)[0].item())
+
+
+def test_psnr_of_a_perfect_reconstruction_is_finite(pair):
+    """Identical images read 100 dB (MSE clamped at 1e-10), not inf, which a mean or a comparison turns into nan."""
+    a, b = pair
+    same = metrics.psnr(a, a)
+    assert same.tolist() == pytest.approx([100.0] * 3, abs=1e-4) and torch.isfinite(same).all()
+    assert metrics.psnr(a, a, y_channel=True).tolist() == pytest.approx([100.0] * 3, abs=1e-4)
+    assert metrics.psnr(a * 255, a * 255, data_range=255.0).tolist() == pytest.approx([100.0] * 3, abs=1e-4)
+    almost = a.clone()
+    almost[0, 0, 0, 0] += 1e-3  # MSE 1e-6 / 3072 ~ 3e-10, above the floor: still the exact value
+    expected = 10 * math.log10(1 / float(((almost - a) ** 2).mean(dim=(1, 2, 3))[0]))
+    assert metrics.psnr(almost, a)[0].item() == pytest.approx(expected, rel=1e-4)
+    assert float(torch.stack([metrics.psnr(a, a), metrics.psnr(a, b)]).mean()) < 100  # a mean stays a number
 
 
 def test_psnr_y_channel_and_mse(pair):
@@ -192,6 +205,24 @@ def test_inception_extractor_matches_pytorch_fid(monkeypatch, tmp_path):
         torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0)
     loaded.train()
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"not weights\n", b"PK\x03\x04truncated", "tensor", "other_network"],
+    ids=["text", "truncated_zip", "a_tensor", "another_network"],
+)
+def test_inception_extractor_with_corrupt_weights_names_the_file(tmp_path, content):
+    path = tmp_path / metrics.FID_WEIGHTS_FILE
+    if content == "tensor":
+        torch.save(torch.zeros(3), path)
+    elif content == "other_network":
+        torch.save({"conv.weight": torch.zeros(3, 3, 3, 3)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(WeightCorrupt, match=f"{path}.*(unreadable|not a state dict|not pytorch-fid's).*step2") as e:
+        metrics.InceptionFeatureExtractor(path)
+    assert "\n" not in str(e.value)
 
 
 def test_inception_extractor_without_weights_names_the_file(monkeypatch, tmp_path):
