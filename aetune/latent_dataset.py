@@ -1,0 +1,191 @@
+"""The latents of every image in LightningDiT's latent-dataset format, so its DiT trains on them unchanged.
+
+LightningDiT's ``extract_features.py`` writes ``latents_rank{RR}_shard{SSS}.safetensors`` files of about
+10,000 images, each holding ``latents`` (N, C, h, w) float32, ``latents_flip`` (the same images flipped
+horizontally) and ``labels`` (N,) int64, and its ``datasets/img_latent_dataset.py`` (``ImgLatentDataset``)
+reads every ``*.safetensors`` of the folder in sorted order, picks ``latents`` or ``latents_flip`` at
+random per item, and normalises with ``latents_stats.pt`` = ``{"mean", "std"}``, each (1, C, 1, 1),
+``latents.mean / .std(dim=[0, 2, 3], keepdim=True)`` over the stored ``latents``.
+
+What differs here, and why:
+- Images are resized exactly as training saw them (step 4's cache: bicubic, whole image), not centre-cropped.
+- No flip: a horizontal flip reverses time in a spectrogram. ``ImgLatentDataset`` still reads
+  ``latents_flip`` half of the time, so it must exist: it holds a second, independent posterior sample of
+  the same unflipped image (``source="sample"``; LightningDiT's two keys also differ by an independent
+  draw, we keep that and drop the flip), or the same posterior mean (``source="mode"``).
+- Labels are the user labels of ``data/labels.json`` (class-conditional DiT), not ImageFolder's.
+- ``latents_stats.pt`` is computed from all stored ``latents`` (LightningDiT samples 10,000 of them).
+- ``latents_index.json`` beside the shards says which image each row is (ignored by ``ImgLatentDataset``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from aetune.data.cache import to_model_range
+from aetune.data.prepared import Sample
+from aetune.errors import AetuneError
+from aetune.io import atomic_path, atomic_torch_save, atomic_write_json
+from aetune.latent_stats import LATENT_SOURCES, LatentStatistics, LatentStatsAccumulator
+from aetune.models.base import Autoencoder
+from aetune.optional import require
+
+log = logging.getLogger(__name__)
+
+LATENTS_DIR = "latents"
+"""Step 5 writes the latent dataset to ``results/latents/`` (point LightningDiT's ``data.data_path`` there)."""
+SHARD_IMAGES = 10_000
+"""Images per shard, as LightningDiT's ``extract_features.py`` (10000 // batch_size batches)."""
+STATS_FILE = "latents_stats.pt"
+INDEX_FILE = "latents_index.json"
+DEFAULT_SOURCE = "sample"
+"""LightningDiT stores ``posterior.sample()`` (``tokenizer/vavae.py`` ``encode_images``)."""
+
+
+def shard_name(index: int, rank: int = 0) -> str:
+    """``latents_rank00_shard000.safetensors``: LightningDiT's name (the sorted order is the image order)."""
+    return f"latents_rank{rank:02d}_shard{index:03d}.safetensors"
+
+
+@dataclass(frozen=True)
+class LatentDatasetInfo:
+    """What ``write_latent_dataset`` wrote.
+
+    Attributes:
+        folder: the dataset folder.
+        shards: the shard files, in order.
+        stats: statistics of the stored ``latents`` (``latents_stats.pt`` is ``stats.lightningdit_stats()``).
+        num_images: rows over all shards.
+    """
+
+    folder: Path
+    shards: list[Path]
+    stats: LatentStatistics
+    num_images: int
+
+
+def _save_shard(path: Path, latents: list[Tensor], second: list[Tensor], labels: list[Tensor], source: str) -> Path:
+    """One shard: ``latents``, ``latents_flip`` (N, C, h, w) float32, ``labels`` (N,) int64, LightningDiT's metadata."""
+    save_file = require("safetensors.torch", "--export_latents").save_file
+    z = torch.cat(latents).contiguous()
+    tensors = {"latents": z, "latents_flip": torch.cat(second).contiguous(), "labels": torch.cat(labels).contiguous()}
+    flip = "a second posterior sample, not flipped" if source == "sample" else "the posterior mean again, not flipped"
+    metadata = {
+        "total_size": str(z.shape[0]),
+        "dtype": str(z.dtype),
+        "device": str(z.device),
+        "latents": "posterior sample" if source == "sample" else "posterior mean",
+        "latents_flip": flip,
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path
+
+
+@torch.inference_mode()
+def write_latent_dataset(
+    folder: str | Path,
+    model: Autoencoder,
+    dataset: Dataset,
+    samples: Sequence[Sample],
+    *,
+    splits: Sequence[str],
+    source: str = DEFAULT_SOURCE,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    shard_images: int = SHARD_IMAGES,
+    info: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> LatentDatasetInfo:
+    """Encode every image of ``dataset`` and write shards, ``latents_stats.pt`` and ``latents_index.json``.
+
+    Args:
+        folder: an empty (or new) folder.
+        model: the autoencoder; put in eval mode on ``device``.
+        dataset: items ``(image (3, S, S) uint8, label)`` at the training size (``Evaluator.dataset``).
+        samples: the image behind each item, in order (for the index).
+        splits: the split of each item (``"train"`` / ``"val"``), in order.
+        source: ``"sample"`` (LightningDiT's choice) or ``"mode"`` (the posterior mean).
+        batch_size: images per forward pass.
+        device: where the model runs.
+        seed: seeds the posterior samples (a re-run writes the same latents).
+        shard_images: rows per shard (10,000 as LightningDiT; small in tests).
+        info: provenance written into the index.
+        progress: show a tqdm bar.
+
+    Raises:
+        AetuneError: unknown source, a deterministic family asked for samples, or no images.
+    """
+    if source not in LATENT_SOURCES:
+        raise AetuneError(f"latent source must be one of {', '.join(LATENT_SOURCES)}, got '{source}'")
+    if len(dataset) == 0 or len(samples) != len(dataset) or len(splits) != len(dataset):  # type: ignore[arg-type]
+        raise AetuneError(f"no images to export (dataset {len(dataset)}, samples {len(samples)})")  # type: ignore[arg-type]
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval().to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    acc = LatentStatsAccumulator(source)
+    shards: list[Path] = []
+    rows: list[dict[str, Any]] = []
+    buf: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
+    buffered = 0
+    loader = DataLoader(dataset, batch_size=batch_size)
+    for images, y in tqdm(loader, desc="exporting latents", unit="batch", disable=not progress):
+        enc = model.encode(to_model_range(images.to(device)))  # (B, 3, S, S) uint8 -> [-1, 1] -> latents
+        post = enc.latent_dist
+        if source == "sample":
+            if post is None:
+                raise AetuneError(f"family '{model.family}' is deterministic: export with --export_source mode")
+            z, z2 = post.sample(generator), post.sample(generator)  # two independent draws, (B, C, h, w)
+        else:
+            z = z2 = enc.latents
+        z, z2 = z.float().cpu(), z2.float().cpu()
+        acc.update(z, post)  # the statistics describe exactly the stored ``latents``
+        for _ in range(len(z)):
+            i = len(rows)
+            s = samples[i]
+            shard, row = divmod(i, shard_images)
+            rows.append({"index": i, "shard": shard_name(shard), "row": row, "relpath": s.relpath, "user": s.user,
+                         "label": s.label, "split": splits[i]})  # fmt: skip
+        start = 0
+        while start < len(z):  # a batch may straddle two shards
+            take = min(len(z) - start, shard_images - buffered)
+            for part, t in zip(buf, (z, z2, y.to(torch.int64)), strict=True):
+                part.append(t[start : start + take])
+            buffered += take
+            start += take
+            if buffered == shard_images:
+                shards.append(_save_shard(out / shard_name(len(shards)), *buf, source))
+                buf, buffered = ([], [], []), 0
+    if buffered:
+        shards.append(_save_shard(out / shard_name(len(shards)), *buf, source))
+    stats = acc.result()
+    atomic_torch_save(stats.lightningdit_stats(), out / STATS_FILE)
+    atomic_write_json(
+        out / INDEX_FILE,
+        {
+            "format": "LightningDiT ImgLatentDataset (safetensors shards + latents_stats.pt)",
+            "latents": "posterior sample" if source == "sample" else "posterior mean",
+            "latents_flip": "a second posterior sample of the same unflipped image (no flip: it would reverse time)"
+            if source == "sample"
+            else "the posterior mean again (no flip: it would reverse time)",
+            "seed": seed,
+            "latent_shape": list(stats.latent_shape),
+            "num_images": len(rows),
+            "stats": f"{STATS_FILE}: mean, unbiased std of all stored 'latents' over (N, h, w): (1, C, 1, 1)",
+            **(info or {}),
+            "images": rows,
+        },
+    )
+    log.info("latent dataset: %d images in %d shard(s), %s latents, in %s", len(rows), len(shards), source, out)
+    return LatentDatasetInfo(out, shards, stats, len(rows))
