@@ -11,9 +11,6 @@ error.
 from __future__ import annotations
 
 import logging
-import pickle
-import re
-import zipfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from aetune.errors import AetuneError
 from aetune.models.base import Autoencoder
 from aetune.models.discriminator import NLayerDiscriminator
+from aetune.safe_load import SAFETENSORS, CheckpointError, load_safetensors_file, load_torch_file, sniff
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +36,12 @@ LOGVAR_KEY = "loss.logvar"
 the nll is plain L1 + LPIPS; our objective assumes exactly that, so a non-zero value is an error."""
 
 
-class CheckpointError(AetuneError, ValueError):
-    """A weights file that cannot be used as asked; the one-line message names the file and the fix."""
-
-
 @dataclass
 class LoadReport:
     """What ``load_weights`` did with every key of the checkpoint.
 
     Attributes:
-        source: the file, or ``"<state dict>"``.
+        source: the file (``"<state dict>"`` for a mapping built in memory).
         loaded: number of tensors copied into the model and the discriminator.
         missing: keys the model (or discriminator, as ``loss.discriminator.*``) has and the file lacks.
         unexpected: keys of the file nothing takes.
@@ -74,48 +67,68 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def read_state_dict(src: str | Path | Mapping[str, Tensor]) -> tuple[dict[str, Tensor], str]:
-    """A flat ``{key: tensor}`` from a file or mapping, never executing pickle code.
+class StateDict(dict):
+    """A ``{key: tensor}`` dict that remembers the file it came from, so later errors name that file."""
 
-    Files: ``.safetensors``, or ``torch.save`` files loaded with ``weights_only=True`` (memory-mapped when
-    in the zip format, so a 2 GB checkpoint is not read whole). A Lightning checkpoint is unwrapped to
-    its ``state_dict``.
+    def __init__(self, tensors: Mapping[str, Tensor], source: str) -> None:
+        super().__init__(tensors)
+        self.source = source
+
+
+def read_state_dict(src: str | Path | Mapping[str, Tensor], source: str | None = None) -> tuple[StateDict, str]:
+    """A flat ``{key: tensor}`` in LightningDiT's layout from a file or mapping, never executing pickle code.
+
+    Files are recognised by content, not by name (:func:`aetune.safe_load.sniff`): ``.safetensors``, or
+    ``torch.save`` files (memory-mapped when zipped, so a 2 GB checkpoint is not read whole) whose
+    harmless config objects (OmegaConf ``hyper_parameters``) are read as data. A Lightning checkpoint is
+    unwrapped to its ``state_dict``; aetune's own stage checkpoints and ``*_final.pt`` files are put in
+    the released layout (``autoencoder.*`` -> ``*``, discriminator -> ``loss.discriminator.*``).
+
+    Args:
+        src: a file, or a mapping (e.g. a ``StateDict`` from an earlier call, which keeps its name).
+        source: the name for messages when ``src`` is a plain mapping (default ``"<state dict>"``).
 
     Returns:
-        (state dict, a name for messages).
+        (state dict, the name messages use: the path given).
 
     Raises:
-        CheckpointError: missing file, a file that needs pickle, or content that is not a state dict.
+        CheckpointError: one line naming the file: missing, empty, truncated, text, a file that needs
+            pickle code, or content that is not a state dict.
     """
     if isinstance(src, Mapping):
-        obj, name = src, "<state dict>"
+        obj, name = src, source or getattr(src, "source", "<state dict>")
     else:
         path = Path(src)
         name = str(path)
-        if not path.is_file():
-            raise CheckpointError(f"weights file {path} does not exist")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj = load_file(path)
-        else:
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-            except pickle.UnpicklingError as e:
-                found = re.search(r"GLOBAL (\S+)", str(e))
-                what = f"the Python object {found.group(1)}" if found else "Python objects beyond tensors"
-                raise CheckpointError(
-                    f"{path} needs pickle to load ({what}); aetune never runs code from a weights file: "
-                    "re-save its state_dict (or as .safetensors) in a session you trust"
-                ) from e
+        obj = load_safetensors_file(path) if sniff(path) == SAFETENSORS else load_torch_file(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{name} holds a {type(obj).__name__}, not a state dict")
-    if isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]  # Lightning checkpoint
+    obj = _released_layout(obj, name)
     odd = [k for k, v in obj.items() if not isinstance(v, Tensor)]
     if odd:
         raise CheckpointError(f"{name} is not a state dict: {_few(odd)} are not tensors")
-    return dict(obj), name
+    return StateDict(obj, name), name
+
+
+def _released_layout(obj: Mapping, name: str) -> Mapping:
+    """The tensors of a checkpoint in the released key layout (see :func:`read_state_dict`)."""
+    if isinstance(obj.get("discriminator_state_dict"), Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        disc = {DISCRIMINATOR_PREFIX + k: v for k, v in obj["discriminator_state_dict"].items()}
+        return {**obj["state_dict"], **disc}  # aetune *_final.pt
+    if not isinstance(obj.get("state_dict"), Mapping):
+        return obj  # a plain state dict
+    state = obj["state_dict"]  # a Lightning checkpoint
+    if "aetune" not in obj:
+        return state
+    out = {}
+    for key, tensor in state.items():  # an aetune stage checkpoint: autoencoder.* and discriminator.*
+        if key.startswith("autoencoder."):
+            out[key.removeprefix("autoencoder.")] = tensor
+        elif key.startswith("discriminator."):
+            out[DISCRIMINATOR_PREFIX + key.removeprefix("discriminator.")] = tensor
+        else:
+            raise CheckpointError(f"{name} is an aetune checkpoint with an unknown key {key}: it was edited")
+    return out
 
 
 def load_weights(
@@ -123,6 +136,7 @@ def load_weights(
     path_or_state_dict: str | Path | Mapping[str, Tensor],
     discriminator: NLayerDiscriminator | None = None,
     allow_partial: bool = False,
+    source: str | None = None,
 ) -> LoadReport:
     """Load LightningDiT-layout weights (the released checkpoint, or a plain state dict) strictly.
 
@@ -134,6 +148,7 @@ def load_weights(
         allow_partial: accept missing and unexpected keys (explicit partial initialisation, e.g. a
             ``vavae`` from a ``kl`` checkpoint); the report is then logged as a warning. Shape
             mismatches are errors regardless.
+        source: the file a plain mapping came from, for messages (a ``StateDict`` knows its own).
 
     Returns:
         The ``LoadReport``.
@@ -143,7 +158,7 @@ def load_weights(
             family), when keys are missing or unexpected without ``allow_partial``, when ``loss.logvar``
             is non-zero, or when the file cannot be read safely.
     """
-    state, source = read_state_dict(path_or_state_dict)
+    state, source = read_state_dict(path_or_state_dict, source)
     report = LoadReport(source=source)
     targets = {"": model.state_dict()}
     if discriminator is not None:

@@ -14,17 +14,15 @@ A stage checkpoint (``last.ckpt``, ``best-*.ckpt``) is a Lightning checkpoint wh
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from aetune.errors import AetuneError
 from aetune.io import atomic_torch_save
 from aetune.models import Autoencoder, create_autoencoder
+from aetune.safe_load import load_torch_file
 from aetune.train.plan import checkpoints_dir
 
 FINAL_FORMAT = "aetune.autoencoder/1"
@@ -38,19 +36,13 @@ def final_model_path(work_dir: str | Path, family: str, dataset: str) -> Path:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True`` (memory-mapped), errors as one line naming the file.
+    """Load a checkpoint without running pickled code (``aetune.safe_load``), errors as one line naming it.
 
     Raises:
-        AetuneError: missing, truncated or corrupt file, or one that needs pickle.
+        AetuneError: missing, empty, truncated, text or corrupt file, or one that needs pickle.
     """
     p = Path(path)
-    if not p.is_file():
-        raise AetuneError(f"checkpoint {p} does not exist")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(p))
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise AetuneError(f"{p} is not a readable checkpoint ({reason}): it may be truncated; use another one") from e
+    obj = load_torch_file(p, fix="not a readable checkpoint, use another one")
     if not isinstance(obj, dict):
         raise AetuneError(f"{p} holds a {type(obj).__name__}, not an aetune checkpoint")
     return obj
