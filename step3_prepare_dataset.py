@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_common_args(p)
     p.add_argument("--data_root", help="folder with one sub-folder of images per user")
     p.add_argument("--val_ratio", type=float, default=0.1, help="fraction of each user's images for validation")
-    p.add_argument("--seed", type=int, default=42, help="seed of the content hash that assigns the split")
+    p.add_argument("--seed", type=int, default=42, help="seed of the content hash that assigns the split (0..2^32-1)")
     p.add_argument("--name", default="microdoppler", help="dataset name used in output file names")
     g = p.add_argument_group("built-in synthetic dataset")
     g.add_argument("--synthetic", choices=["microdoppler"], help="generate the synthetic dataset, then prepare it")
@@ -35,6 +35,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--image_size", type=int, default=256)
     g.add_argument("--no_progress", action="store_true", help="no progress bars (logs, CI)")
     return p.parse_args(argv)
+
+
+SEED_MAX = 2**32 - 1
+"""numpy seeds the synthetic generator from an unsigned 32-bit range; the split accepts the same."""
+SYNTHETIC_LIMITS = {"num_users": (1, 1000), "images_per_user": (1, 10_000), "image_size": (16, 2048)}
+"""Sane ranges for the generator: at the maxima it already writes ~40 GB of PNGs."""
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every numeric flag in range, before anything is read or written.
+
+    Raises:
+        AetuneError: one line naming the flag and its valid range.
+    """
+    from aetune.data.split import check_val_ratio
+
+    check_val_ratio(args.val_ratio, "--val_ratio")
+    if not 0 <= args.seed <= SEED_MAX:
+        raise AetuneError(f"--seed must be in [0, {SEED_MAX}], got {args.seed}")
+    for flag, (lo, hi) in SYNTHETIC_LIMITS.items():
+        value = getattr(args, flag)
+        if not lo <= value <= hi:
+            raise AetuneError(f"--{flag} must be in [{lo}, {hi}], got {value}")
 
 
 def _data_root(args: argparse.Namespace, work_dir: Path) -> Path:
@@ -63,22 +86,27 @@ def _data_root(args: argparse.Namespace, work_dir: Path) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from aetune.data.prepare import format_table, prepare_dataset
+    from aetune.data.prepare import check_output_dir, format_table, prepare_dataset
 
-    if not 0.0 <= args.val_ratio < 1.0:
-        raise AetuneError(f"--val_ratio must be in [0, 1), got {args.val_ratio}")
+    check_args(args)
     work_dir = resolve_work_dir(args)
+    check_output_dir(work_dir)
     root = _data_root(args, work_dir)
     summary = prepare_dataset(root, work_dir, args.name, args.val_ratio, args.seed, progress=not args.no_progress)
     log.info("data root: %s", summary.data_root)
     log.info(format_table(summary))
     if summary.empty_users:
         log.warning("excluded user folders with no usable image: %s", ", ".join(summary.empty_users))
-    if summary.duplicates:
+    if summary.duplicates or summary.near_duplicates:
         log.warning(
-            "%d exact duplicate images (kept on one side of the split): see data/dataset.json",
+            "%d exact duplicate images and %d near-duplicate pairs (each group kept on one side of the split): "
+            "see data/dataset.json",
             summary.duplicates,
+            summary.near_duplicates,
         )
+    no_train = [row[0] for row in summary.rows if row[2] == 0]
+    if no_train:
+        log.warning("users with no training image (all drawn for validation): %s", ", ".join(no_train))
     if summary.rejected:
         log.warning("%d files rejected, with reasons, in data/dataset.json", summary.rejected)
     if summary.changed:

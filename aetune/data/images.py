@@ -13,6 +13,9 @@ Conversion to RGB (H, W, 3) uint8:
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +52,33 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
+FINGERPRINT_BANDS = 64
+"""Frequency rows of a fingerprint (box-averaged): keeps speckle detail at 1/4 of the work of 256 rows."""
+FINGERPRINT_COLUMNS = 512
+"""Time columns of a fingerprint; wider images are box-resized (a crop then matches to about a column)."""
+
+DECOMPRESSION_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+"""What ``open_image`` raises for an image with more than ``Image.MAX_IMAGE_PIXELS`` pixels."""
+
+
+@contextlib.contextmanager
+def open_image(path: str | Path) -> Iterator[Image.Image]:
+    """``Image.open`` that refuses decompression bombs instead of only warning about them.
+
+    Pillow raises ``DecompressionBombError`` above twice ``Image.MAX_IMAGE_PIXELS`` (89.5 M by default)
+    but between one and two times the limit it only warns and then decodes (up to ~180 M pixels, about
+    0.5 GB of RGB): a tiny file could still take the memory of a Kaggle session. Here both raise
+    (one of ``DECOMPRESSION_BOMB``).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            yield img
+
+
 def load_rgb(path: str | Path) -> np.ndarray:
-    """Decode ``path`` fully and return RGB uint8 (H, W, 3); Pillow errors propagate."""
-    with Image.open(path) as img:
+    """Decode ``path`` fully and return RGB uint8 (H, W, 3); Pillow errors (and bombs) propagate."""
+    with open_image(path) as img:
         img.load()
         return to_rgb(img)
 
@@ -66,3 +93,13 @@ def load_rgb_resized(path: str | Path, size: int) -> np.ndarray:
     if rgb.shape[0] == size and rgb.shape[1] == size:
         return rgb
     return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def fingerprint(rgb: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> grey uint8 (min(H, 64), min(W, 512)), box-averaged: the near-duplicate input.
+
+    Kept small so step 3 holds one per image (32 KB at most) for :mod:`aetune.data.neardup`.
+    """
+    grey = Image.fromarray(rgb).convert("L")
+    size = (min(grey.width, FINGERPRINT_COLUMNS), min(grey.height, FINGERPRINT_BANDS))
+    return np.asarray(grey.resize(size, Image.Resampling.BOX) if size != grey.size else grey)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aetune.errors import AetuneError
 from aetune.io import read_json
@@ -56,8 +57,77 @@ def data_dir(work_dir: str | Path) -> Path:
     return Path(work_dir) / DATA_SUBDIR
 
 
+def _regenerate(work_dir: str | Path, data_root: Any = None, split: Any = None) -> str:
+    """How to rebuild the files: the step 3 command with what is still known of the last run."""
+    cmd = f"re-run step3_prepare_dataset.py --output_dir {work_dir}"
+    cmd += f" --data_root {data_root}" if isinstance(data_root, str) else " --data_root <your data folder>"
+    if isinstance(split, dict) and isinstance(split.get("seed"), int) and isinstance(split.get("val_ratio"), float):
+        # The split depends on the images, the seed and the ratio only, so this command rebuilds it exactly.
+        cmd += f" --seed {split['seed']} --val_ratio {split['val_ratio']}"
+    return cmd + " to regenerate it"
+
+
+def _read(path: Path, work_dir: str | Path) -> Any:
+    if not path.is_file():
+        raise AetuneError(f"{path} not found: run step3_prepare_dataset.py with --output_dir {work_dir} first")
+    try:
+        return read_json(path)
+    except ValueError as e:  # invalid JSON (empty, truncated, hand-edited) or bytes that are not UTF-8
+        reason = "is empty" if not path.read_bytes().strip() else f"is not valid JSON ({type(e).__name__})"
+        raise AetuneError(f"{path} {reason}: {_regenerate(work_dir)}") from e
+
+
+def _is_relpath(p: Any) -> bool:
+    return isinstance(p, str) and bool(p) and not p.startswith("/") and ".." not in p.split("/")
+
+
+def _structure_problem(labels: Any, dataset: Any, split: Any) -> tuple[str, str] | None:
+    """(file, what is wrong) for the first structural defect of the three documents, or None."""
+    if not isinstance(labels, dict) or not labels:
+        return LABELS_FILE, "is not a non-empty mapping of user folder -> label"
+    values = list(labels.values())
+    if not all(isinstance(k, str) and k for k in labels) or not all(type(v) is int for v in values):
+        return LABELS_FILE, "must map user folder names to integer labels"
+    if sorted(values) != list(range(len(values))):
+        return LABELS_FILE, f"labels must be 0..{len(values) - 1}, each once, got {sorted(values)}"
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("accepted"), list):
+        return DATASET_FILE, "has no list 'accepted'"
+    if not isinstance(dataset.get("name"), str) or not isinstance(dataset.get("data_root"), str):
+        return DATASET_FILE, "needs string fields 'name' and 'data_root'"
+    for a in dataset["accepted"]:
+        if not (isinstance(a, dict) and _is_relpath(a.get("relpath")) and isinstance(a.get("user"), str)):
+            return DATASET_FILE, f"has an accepted entry without a relative 'relpath' and a 'user': {a!r:.80}"
+        if type(a.get("label")) is not int:
+            return DATASET_FILE, f"entry {a['relpath']} has no integer 'label'"
+        if labels.get(a["user"]) != a["label"]:
+            return LABELS_FILE, (
+                f"disagrees with {DATASET_FILE}: {a['relpath']} of user {a['user']} has label {a['label']}, "
+                f"{LABELS_FILE} says {labels.get(a['user'])}"
+            )
+    if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("train", "val")):
+        return SPLIT_FILE, "needs lists 'train' and 'val'"
+    known = {a["relpath"] for a in dataset["accepted"]}
+    listed = split["train"] + split["val"]
+    unknown = next((p for p in listed if not isinstance(p, str) or p not in known), None)
+    if unknown is not None:
+        return SPLIT_FILE, f"lists {unknown!r:.80}, which is not an accepted image of {DATASET_FILE}"
+    if len(set(listed)) != len(listed):
+        twice = next(p for p in listed if listed.count(p) > 1)
+        return SPLIT_FILE, f"lists {twice} twice (an image in both train and val is validated on what it trained on)"
+    if not split["train"]:
+        return SPLIT_FILE, "has an empty training list"
+    train = set(split["train"])
+    for group in dataset.get("groups", []):  # absent in files written before near-duplicates were grouped
+        if not isinstance(group, list):
+            return DATASET_FILE, "has a 'groups' entry that is not a list of paths"
+        sides = {p in train for p in group if p in known}
+        if len(sides) > 1:
+            return SPLIT_FILE, f"puts duplicates on both sides ({', '.join(map(str, group[:3]))})"
+    return None
+
+
 def load_prepared(work_dir: str | Path, data_root: str | Path | None = None) -> PreparedData:
-    """Load step 3's files from ``work_dir``.
+    """Load step 3's files from ``work_dir`` and check them against each other and the disk.
 
     Args:
         work_dir: the work directory.
@@ -65,16 +135,19 @@ def load_prepared(work_dir: str | Path, data_root: str | Path | None = None) -> 
             session may mount the dataset elsewhere); relative paths are kept.
 
     Raises:
-        AetuneError: step 3 has not run here, or an image of the split is missing under the root.
+        AetuneError: step 3 has not run here; a file is empty, not JSON, or hand-edited into a wrong
+            structure (labels that disagree with the dataset, split entries that are no accepted
+            image, an image on both sides); or images of the split are missing under the root. The
+            message names the file and the step 3 command that regenerates it.
     """
     d = data_dir(work_dir)
-    for f in (LABELS_FILE, DATASET_FILE, SPLIT_FILE):
-        if not (d / f).is_file():
-            raise AetuneError(f"{d / f} not found: run step3_prepare_dataset.py with --output_dir {work_dir} first")
-    labels: dict[str, int] = read_json(d / LABELS_FILE)
-    dataset = read_json(d / DATASET_FILE)
-    split = read_json(d / SPLIT_FILE)
-    by_rel = {a["relpath"]: Sample(a["relpath"], a["user"], int(a["label"])) for a in dataset["accepted"]}
+    labels, dataset, split = (_read(d / f, work_dir) for f in (LABELS_FILE, DATASET_FILE, SPLIT_FILE))
+    problem = _structure_problem(labels, dataset, split)
+    if problem is not None:
+        fname, what = problem
+        root_seen = dataset.get("data_root") if isinstance(dataset, dict) else None
+        raise AetuneError(f"{d / fname} {what}: {_regenerate(work_dir, root_seen, split)}")
+    by_rel = {a["relpath"]: Sample(a["relpath"], a["user"], a["label"]) for a in dataset["accepted"]}
     root = Path(data_root).expanduser().resolve() if data_root else Path(dataset["data_root"])
     prepared = PreparedData(
         data_root=root,
@@ -83,10 +156,17 @@ def load_prepared(work_dir: str | Path, data_root: str | Path | None = None) -> 
         train=[by_rel[r] for r in split["train"]],
         val=[by_rel[r] for r in split["val"]],
     )
-    first = (prepared.train + prepared.val)[0]
-    if not prepared.path(first).is_file():
+    samples = prepared.train + prepared.val
+    missing = [s.relpath for s in samples if not prepared.path(s).is_file()]
+    if len(missing) == len(samples):
         raise AetuneError(
-            f"{prepared.path(first)} is missing: the data moved since step 3; pass --data_root with "
-            "the folder that holds the user folders, or re-run step 3"
+            f"{root} holds none of the {len(samples)} images of {d / SPLIT_FILE}: the data moved since step 3; "
+            "pass --data_root with the folder that holds the user folders, or re-run step 3"
+        )
+    if missing:
+        raise AetuneError(
+            f"{len(missing)} of the {len(samples)} images of {d / SPLIT_FILE} are missing under {root} "
+            f"(first: {missing[0]}): the dataset changed since step 3; "
+            f"{_regenerate(work_dir, dataset['data_root'], split)}"
         )
     return prepared

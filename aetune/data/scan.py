@@ -8,10 +8,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from aetune.data.images import IMAGE_SUFFIXES, to_rgb
+from aetune.data.images import DECOMPRESSION_BOMB, IMAGE_SUFFIXES, fingerprint, open_image, to_rgb
 from aetune.errors import AetuneError
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class ScanResult:
     accepted: list[ImageRecord] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
     empty_users: list[str] = field(default_factory=list)
+    fingerprints: dict[str, np.ndarray] = field(default_factory=dict)  # relpath -> images.fingerprint
 
 
 def _has_user_folders(folder: Path) -> bool:
@@ -126,34 +128,36 @@ def discover_kaggle_input(base: str | Path = "/kaggle/input") -> Path:
     return chosen
 
 
-def _check_image(path: Path) -> tuple[ImageRecord | None, str]:
-    """Decode ``path`` fully; return (record, "") or (None, reason)."""
+def _check_image(path: Path) -> tuple[ImageRecord | None, np.ndarray | None, str]:
+    """Decode ``path`` fully; return (record, fingerprint, "") or (None, None, reason)."""
     size = path.stat().st_size
     if size == 0:
-        return None, "empty file (0 bytes)"
+        return None, None, "empty file (0 bytes)"
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             fmt = img.format or "?"
             mode = img.mode
             img.load()
             if min(img.size) < MIN_IMAGE_SIDE:
-                return None, f"too small ({img.width}x{img.height}, minimum side {MIN_IMAGE_SIDE} px)"
+                return None, None, f"too small ({img.width}x{img.height}, minimum side {MIN_IMAGE_SIDE} px)"
             rgb = to_rgb(img)
+    except DECOMPRESSION_BOMB as e:
+        return None, None, f"refused as a possible decompression bomb ({e})"
     except UnidentifiedImageError:
-        return None, "not a decodable image (unknown or corrupt header)"
+        return None, None, "not a decodable image (unknown or corrupt header)"
     except (OSError, ValueError, SyntaxError) as e:
         # Pillow signals truncated/corrupt data with these; the message names the defect.
-        return None, f"corrupt or truncated image ({e})"
+        return None, None, f"corrupt or truncated image ({e})"
     digest = hashlib.sha1(f"{rgb.shape}".encode() + rgb.tobytes()).hexdigest()
-    return ImageRecord("", "", rgb.shape[1], rgb.shape[0], mode, fmt, digest), ""
+    return ImageRecord("", "", rgb.shape[1], rgb.shape[0], mode, fmt, digest), fingerprint(rgb), ""
 
 
 def scan_dataset(data_root: str | Path, progress: bool = True) -> ScanResult:
     """Decode every file under the user folders of ``data_root`` and sort it into accepted/rejected.
 
     Hidden files, ``__MACOSX`` folders, files outside user folders, non-image extensions, empty,
-    corrupt, truncated and too-small images are rejected with a reason; one bad file never stops
-    the scan. Images in sub-folders of a user folder belong to that user.
+    corrupt, truncated and too-small images, and decompression bombs are rejected with a reason; one
+    bad file never stops the scan. Images in sub-folders of a user folder belong to that user.
 
     Raises:
         AetuneError: the root does not exist, or no user folder holds a usable image.
@@ -185,12 +189,13 @@ def scan_dataset(data_root: str | Path, progress: bool = True) -> ScanResult:
         if f.suffix.lower() not in IMAGE_SUFFIXES:
             result.rejected.append({"path": rel, "reason": f"not an image extension ({f.suffix or 'none'})"})
             continue
-        record, reason = _check_image(f)
-        if record is None:
+        record, prints, reason = _check_image(f)
+        if record is None or prints is None:
             result.rejected.append({"path": rel, "reason": reason})
             continue
         record.relpath, record.user = rel, user
         result.accepted.append(record)
+        result.fingerprints[rel] = prints
         counts[user] += 1
     result.users = [d.name for d in user_dirs if counts[d.name] > 0]
     result.empty_users = [d.name for d in user_dirs if counts[d.name] == 0]

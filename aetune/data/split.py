@@ -1,26 +1,51 @@
-"""Per-user train/val split by seeded content hash: stratified, deterministic, stable, leak-free.
+"""Per-user train/val split by seeded content score alone: deterministic, leak-free, stable without memory.
 
-Each image gets a score ``u = sha256(seed : pixel sha1)`` in [0, 1). Identical images share a
-score, so they form one unit and always land on the same side. For each user, the ``k`` units with
-the lowest scores go to validation, ``k = max(1, round(units * val_ratio))`` for users with two or
-more units, 0 for a single one. A score depends on content only, never on a list order, so the split
-does not depend on file names or on the order files are listed in.
+Groups. Images joined by an exact copy (same pixel hash, in any users) or a near-duplicate link
+(:mod:`aetune.data.neardup`) form one group, transitively; a group always lands on one side.
 
-Stability: when ``data/split.json`` already exists for the same seed and ratio, every image it lists
-keeps its side and only new images are placed (lowest scores to validation until the user's quota is
-met). Adding images therefore never moves an existing image across.
+Scores. Each image has ``s = content_score(seed, sha1)``, uniform in [0, 1) and a function of its
+pixels only. A group's score ``S`` is the *largest* score of its images.
+
+Rule, for ``val_ratio = r`` in (0, MAX_VAL_RATIO]:
+0. eligible: a group can go to validation only when every user it holds images of has two or more
+   groups (a user's only group stays in training).
+1. drawn: an eligible group goes to validation when ``S < r``.
+2. minimum one: a user with an eligible group and no drawn group gets its lowest-``S`` eligible group
+   in validation (ties by path). Picks are made from the drawn sides alone, so the result does not
+   depend on the order users are visited.
+Everything else is training. Nothing is read from an earlier split: a fresh work directory (a new
+Kaggle session without the old ``split.json``) gives the same split for the same images.
+
+Guarantees when images are only added (same seed and ratio, no image removed or changed):
+- An image in training stays in training, unless an added image is an exact or near-duplicate of an
+  existing one, or a user that had a single group gains a second one (the old group becomes eligible).
+  Taking the maximum as the group score is what makes rule 1 safe: joining a group can only raise
+  ``S``, so it can move a group to training, never to validation.
+- An image in validation moves to training only if (a) it was its user's minimum-one pick and an added
+  image of that user is drawn or scores lower, or (b) an added duplicate joins its group with a score
+  of at least ``r``.
+No rule without memory can keep every image in place and a minimum of one: if {a, b} puts a in
+validation and {a, b, c} keeps it there, then {b, c} (which {a, b, c} also extends) needs c in
+validation, and {a, c} is left with no training image.
+Moving an image from validation to training is the harmless direction (a model trained earlier
+never saw it); training to validation would validate a model on an image it trained on.
+
+Cost of the safety: a group of k distinct images is drawn with probability ``r**k`` instead of ``r``,
+so datasets with many near-duplicates get fewer validation images (the minimum-one rule still gives
+every user of two or more groups one).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from aetune.data.scan import ImageRecord, natural_key
+from aetune.errors import InvalidArgument
 
-log = logging.getLogger(__name__)
+MAX_VAL_RATIO = 0.5
+"""Largest validation fraction: beyond it a small user often keeps no training image (p = r**groups)."""
 
 
 def content_score(seed: int, sha1: str) -> float:
@@ -29,59 +54,84 @@ def content_score(seed: int, sha1: str) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
-def val_quota(units: int, val_ratio: float) -> int:
-    """Validation units for a user with ``units`` distinct images."""
-    if units < 2 or val_ratio <= 0:
-        return 0
-    return min(units - 1, max(1, round(units * val_ratio)))
+def check_val_ratio(val_ratio: float, name: str = "val_ratio") -> None:
+    """Raise InvalidArgument naming ``name`` unless ``0 < val_ratio <= MAX_VAL_RATIO`` (NaN fails too)."""
+    if not 0.0 < val_ratio <= MAX_VAL_RATIO:
+        raise InvalidArgument(
+            f"{name} must be in (0, {MAX_VAL_RATIO}] (step 4 needs validation images, and training images "
+            f"in every user), got {val_ratio}"
+        )
+
+
+def split_groups(records: Sequence[ImageRecord], links: Iterable[tuple[str, str]] = ()) -> list[list[str]]:
+    """The groups of the module docstring: relpath lists (natural order), every record in exactly one.
+
+    Args:
+        records: accepted images.
+        links: near-duplicate pairs of relpaths (both must be in ``records``).
+
+    Returns:
+        All groups, singletons included, ordered by their first path.
+    """
+    parent = {r.relpath: r.relpath for r in records}
+
+    def root(p: str) -> str:
+        while parent[p] != p:
+            parent[p] = parent[parent[p]]  # path halving keeps the trees flat
+            p = parent[p]
+        return p
+
+    def join(a: str, b: str) -> None:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    first_of_hash: dict[str, str] = {}
+    for r in records:
+        join(first_of_hash.setdefault(r.sha1, r.relpath), r.relpath)
+    for a, b in links:
+        join(a, b)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for r in records:
+        groups[root(r.relpath)].append(r.relpath)
+    return sorted((sorted(g, key=natural_key) for g in groups.values()), key=lambda g: natural_key(g[0]))
 
 
 def split_records(
-    records: Sequence[ImageRecord],
-    val_ratio: float,
-    seed: int,
-    previous: dict[str, str] | None = None,
+    records: Sequence[ImageRecord], val_ratio: float, seed: int, links: Iterable[tuple[str, str]] = ()
 ) -> tuple[list[str], list[str]]:
-    """Split accepted images into train and val relpaths (each list in natural order).
+    """Split accepted images into train and val relpaths (each list in natural order), by the module rule.
 
     Args:
         records: accepted images from the scan.
-        val_ratio: fraction of each user's distinct images for validation, in [0, 1).
+        val_ratio: validation fraction, in (0, MAX_VAL_RATIO].
         seed: hash seed.
-        previous: relpath -> "train" | "val" from an earlier split with the same seed and ratio.
+        links: near-duplicate pairs of relpaths to keep on one side.
 
     Returns:
         (train relpaths, val relpaths).
+
+    Raises:
+        InvalidArgument: ``val_ratio`` out of range.
     """
-    if not 0.0 <= val_ratio < 1.0:
-        raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio}")
-    previous = previous or {}
-    units: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        units[r.user][r.sha1].append(r.relpath)
-    side: dict[str, str] = {}
-    for by_hash in units.values():
-        known = {h: [previous[p] for p in paths if p in previous] for h, paths in by_hash.items()}
-        decided = {h: ("train" if "train" in sides else "val") for h, sides in known.items() if sides}
-        k = val_quota(len(by_hash), val_ratio)
-        in_val = sum(1 for s in decided.values() if s == "val")
-        for h in sorted((h for h in by_hash if h not in decided), key=lambda h: content_score(seed, h)):
-            decided[h] = "val" if in_val < k else "train"
-            in_val += decided[h] == "val"
-        for h, paths in by_hash.items():
-            for p in paths:
-                side[p] = decided[h]
-    # An image copied into two users' folders must not be trained on and validated on.
-    by_hash_all: dict[str, list[str]] = defaultdict(list)
-    for r in records:
-        by_hash_all[r.sha1].append(r.relpath)
-    for paths in by_hash_all.values():
-        if len({side[p] for p in paths}) > 1:
-            log.warning("identical image in several users (%s): all copies kept in train", ", ".join(paths))
-            for p in paths:
-                side[p] = "train"
-    train = sorted((p for p, s in side.items() if s == "train"), key=natural_key)
-    val = sorted((p for p, s in side.items() if s == "val"), key=natural_key)
+    check_val_ratio(val_ratio)
+    by_path = {r.relpath: r for r in records}
+    groups = split_groups(records, links)
+    score = [max(content_score(seed, by_path[p].sha1) for p in g) for g in groups]
+    users_of = [{by_path[p].user for p in g} for g in groups]
+    of_user: dict[str, set[int]] = defaultdict(set)
+    for i, users in enumerate(users_of):
+        for user in users:
+            of_user[user].add(i)
+    eligible = [all(len(of_user[u]) >= 2 for u in users_of[i]) for i in range(len(groups))]
+    drawn = [e and s < val_ratio for e, s in zip(eligible, score, strict=True)]
+    in_val = list(drawn)
+    for mine in of_user.values():
+        candidates = [i for i in mine if eligible[i]]
+        if candidates and not any(drawn[i] for i in mine):
+            in_val[min(candidates, key=lambda i: (score[i], natural_key(groups[i][0])))] = True
+    train = sorted((p for g, v in zip(groups, in_val, strict=True) if not v for p in g), key=natural_key)
+    val = sorted((p for g, v in zip(groups, in_val, strict=True) if v for p in g), key=natural_key)
     return train, val
 
 
