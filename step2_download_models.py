@@ -75,7 +75,11 @@ def _host(spec: WeightSpec) -> str:
 def _list(specs: list[WeightSpec], manifest: dict) -> None:
     for s in specs:
         entry = manifest.get(s.name)
-        state = f"present ({entry['check']}) {entry['path']}" if entry and os.path.isfile(entry["path"]) else "missing"
+        state = (
+            f"present ({entry.get('check', 'recorded')}) {entry['path']}"
+            if entry and os.path.isfile(entry["path"])
+            else "missing"
+        )
         size = f"{s.bytes / 1e9:.3f} GB" if s.bytes else f"~{s.approx_gb:g} GB"
         log.info("%-20s %-10s %s%s", s.name, size, state, "" if s.default else "  [optional: --only]")
         log.info("%-20s %s | %s | %s", "", s.filename, s.source, s.licence)
@@ -83,7 +87,7 @@ def _list(specs: list[WeightSpec], manifest: dict) -> None:
 
 def main(args: argparse.Namespace) -> int:
     work_dir = resolve_work_dir(args)
-    manifest = read_manifest(work_dir)
+    manifest = read_manifest(work_dir, rebuild=True)
     specs = select(args, manifest)
     if args.list:
         _list([s for s in REGISTRY if s in specs or not args.only], manifest)

@@ -23,8 +23,9 @@ from huggingface_hub import hf_hub_download
 from tqdm.auto import tqdm
 
 from aetune.config import Config
-from aetune.errors import AetuneError
+from aetune.errors import AetuneError, InvalidArgument
 from aetune.io import atomic_path, atomic_write_json, read_json
+from aetune.safe_load import CheckpointError, sniff
 from aetune.weights_registry import REGISTRY, TEACHER_WEIGHTS, TORCH_HUB, WeightSpec
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,19 @@ class WeightsUnavailable(AetuneError):
 
 
 class WeightCorrupt(AetuneError):
-    """A weight file's size or sha256 differs from the expected one."""
+    """A weight file's size or sha256 differs from the expected one, or it is not a weights file at all."""
+
+
+class ManifestError(AetuneError):
+    """``models/manifest.json`` (or a bundle's index) is damaged or hand-edited; the message says how to fix it."""
+
+
+MANIFEST_FIX = (
+    "re-run step2_download_models.py (with the same --weights_dir as before, if any): it rebuilds the manifest "
+    "from the weight files, downloading nothing it finds"
+)
+_ENTRY_TYPES: dict[str, tuple[type, ...]] = {"path": (str,), "bytes": (int,), "sha256": (str, type(None))}
+"""What every manifest entry must hold (``verify_file`` writes more: source, revision, check, licence)."""
 
 
 @dataclass
@@ -81,10 +94,48 @@ def manifest_file(work_dir: Path) -> Path:
     return Path(work_dir) / MODELS_DIR / MANIFEST_FILE
 
 
-def read_manifest(work_dir: Path) -> dict[str, dict[str, Any]]:
-    """The manifest of ``work_dir`` ({} before step 2 ran)."""
+def read_manifest(work_dir: Path, rebuild: bool = False) -> dict[str, dict[str, Any]]:
+    """The manifest of ``work_dir`` ({} before step 2 ran), its structure checked.
+
+    Args:
+        work_dir: the work directory.
+        rebuild: step 2's reading: a damaged manifest is reported as a warning and {} returned (step 2
+            then records every weight again, finding the files it verified before).
+
+    Raises:
+        ManifestError: (without ``rebuild``) empty, truncated or invalid JSON, not a name -> entry map, or
+            an entry without a ``path`` string and a ``bytes`` count; one line naming the file and the fix.
+    """
     path = manifest_file(work_dir)
-    return read_json(path) if path.is_file() else {}
+    if not path.exists():
+        return {}
+    data, problem = _manifest_problem(path)
+    if problem is None:
+        return data
+    if not rebuild:
+        raise ManifestError(f"{path} {problem}; {MANIFEST_FIX}")
+    log.warning("warning: %s %s: rebuilding it", path, problem)
+    return {}
+
+
+def _manifest_problem(path: Path) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """(the manifest at ``path``, None), or ({}, what is wrong with it in words)."""
+    if not path.is_file():
+        return {}, "is not a file"
+    try:
+        data = read_json(path)
+    except InvalidArgument as e:
+        return {}, "is empty" if path.stat().st_size == 0 else f"is not valid JSON ({e.__cause__})"
+    if not isinstance(data, dict):
+        return {}, f"holds a JSON {type(data).__name__}, not a name -> entry map"
+    for name, entry in data.items():
+        if not isinstance(entry, dict):
+            return {}, f"has an entry '{name}' that is a {type(entry).__name__}, not an object"
+        for key, types in _ENTRY_TYPES.items():
+            value = entry.get(key)
+            if not isinstance(value, types) or isinstance(value, bool):
+                return {}, f"has an entry '{name}' without a valid '{key}' (found {value!r})"
+    return data, None
 
 
 def sha256_file(path: Path) -> str:
@@ -121,7 +172,11 @@ def verify_file(path: Path, spec: WeightSpec, sha256: str | None = None, size: i
     elif prefix:
         check, want = "sha256-prefix", prefix.group(1)
         ok = digest.startswith(want)
-    else:
+    else:  # trusted on first use: it must at least be a weights file, not an error page saved as one
+        try:
+            sniff(path)
+        except CheckpointError as e:
+            raise WeightCorrupt(str(e)) from e
         check, ok = "recorded", True
     if not ok:
         raise WeightCorrupt(f"{path} has sha256 {digest}, expected {want}")
@@ -207,7 +262,7 @@ class WeightsDirs:
                     p = Path(dirpath) / n
                     self.files.append((p, PurePosixPath(p.relative_to(root).as_posix())))
                     if n == BUNDLE_INDEX:
-                        self.bundle.update({e["filename"]: e for e in read_json(p).values()})
+                        self.bundle.update({e["filename"]: e for e in _bundle_entries(p)})
 
     def candidates(self, spec: WeightSpec) -> list[Path]:
         """Files named like ``spec`` first, then files of its exact size (checked by hash later)."""
@@ -215,6 +270,21 @@ class WeightsDirs:
         size = spec.bytes or self.bundle.get(spec.filename, {}).get("bytes")
         sized = [p for p, _ in self.files if size and p not in named and p.stat().st_size == size]
         return named + sized
+
+
+def _bundle_entries(path: Path) -> list[dict[str, Any]]:
+    """The entries of a bundle index ({name: {filename, sha256, bytes, source}}), checked."""
+    fix = f"re-create the bundle with step2_download_models.py --bundle DIR, or delete {path.name} from it"
+    try:
+        data = read_json(path)
+    except InvalidArgument as e:
+        raise ManifestError(f"{path} is not a valid bundle index ({e.__cause__ or 'empty'}): {fix}") from e
+    entries = list(data.values()) if isinstance(data, dict) else None
+    if entries is None or not all(
+        isinstance(e, dict) and isinstance(e.get("filename"), str) and isinstance(e.get("bytes"), int) for e in entries
+    ):
+        raise ManifestError(f"{path} is not a bundle index (name -> {{filename, sha256, bytes}}): {fix}")
+    return entries
 
 
 def _verified_entry(spec: WeightSpec, path: Path, dirs: WeightsDirs | None, notes: list[str]) -> dict | None:
@@ -379,10 +449,11 @@ def attach_recorded_weights(cfg: Config, work_dir: Path) -> None:
     linked into the torch hub cache, where the lpips package looks (a new Kaggle session starts with
     an empty cache). Weights step 2 never recorded are left to the loaders' own errors.
     """
-    if cfg.teacher.pretrained and cfg.teacher.weights_path is None and cfg.teacher.name in TEACHER_WEIGHTS:
-        path = recorded_weight(work_dir, TEACHER_WEIGHTS[cfg.teacher.name])
+    teacher = cfg.sections.get("teacher")
+    if teacher is not None and teacher.pretrained and teacher.weights_path is None and teacher.name in TEACHER_WEIGHTS:
+        path = recorded_weight(work_dir, TEACHER_WEIGHTS[teacher.name])
         if path is not None:
-            cfg.teacher.weights_path = str(path)
+            teacher.weights_path = str(path)
             log.info("teacher weights: %s (from step 2)", path)
-    if cfg.loss.lpips_pretrained:
+    if getattr(cfg.loss, "lpips_pretrained", False):
         recorded_weight(work_dir, "lpips_vgg16")

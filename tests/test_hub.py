@@ -8,7 +8,9 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import safetensors.numpy
 
 from aetune import hub
 from aetune.errors import AetuneError
@@ -19,6 +21,11 @@ def _blob(seed: int, n: int) -> bytes:
     return bytes((seed * 7919 + i * 104729) % 251 for i in range(n))
 
 
+def _safetensors_blob(n: int) -> bytes:
+    """A real (tiny) safetensors file: step 2 checks that a file without a known hash is one."""
+    return safetensors.numpy.save({"w": np.arange(n, dtype=np.float32)})
+
+
 class FakeRemote:
     """Stands in for the Hugging Face Hub and download.pytorch.org: serves bytes, records requests.
 
@@ -27,7 +34,7 @@ class FakeRemote:
     """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-        self.hf_bytes, self.net_bytes, self.aux_bytes = _blob(1, 3000), _blob(2, 5000), _blob(3, 700)
+        self.hf_bytes, self.net_bytes, self.aux_bytes = _safetensors_blob(700), _blob(2, 5000), _blob(3, 700)
         net_sha = hashlib.sha256(self.net_bytes).hexdigest()
         aux_sha = hashlib.sha256(self.aux_bytes).hexdigest()
         self.specs = (
@@ -285,3 +292,76 @@ def test_recorded_weights_reach_the_run_config(tmp_path, monkeypatch):
     assert demo.teacher.weights_path is None  # random teacher: never pointed at a file
     teacher.write_bytes(b"changed size")
     assert hub.recorded_weight(work, "dinov2_vitl14") is None
+
+
+CORRUPT_MANIFESTS = {
+    "empty": (b"", "is empty"),
+    "truncated": (b'{"lpips_vgg16": {"path": "/w/vgg.pth", "by', "is not valid JSON"),
+    "binary": (b"\xff\xfe\x00garbage", "is not valid JSON"),
+    "list": (b"[1, 2]", "holds a JSON list, not a name -> entry map"),
+    "entry not an object": (b'{"lpips_vgg16": "/w/vgg.pth"}', "entry 'lpips_vgg16' that is a str"),
+    "no bytes": (b'{"lpips_vgg16": {"path": "/w/vgg.pth"}}', "without a valid 'bytes' \\(found None\\)"),
+    "path not a string": (b'{"lpips_vgg16": {"path": 7, "bytes": 1}}', "without a valid 'path' \\(found 7\\)"),
+}
+
+
+@pytest.mark.parametrize("case", CORRUPT_MANIFESTS, ids=list(CORRUPT_MANIFESTS))
+def test_corrupt_manifest_is_one_line_naming_the_file_and_the_fix(tmp_path, case):
+    from aetune.config import load_config
+
+    content, problem = CORRUPT_MANIFESTS[case]
+    work = tmp_path / "work"
+    path = hub.manifest_file(work)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    cfg = load_config("vavae")
+    readers = {
+        "resolve_weight": lambda: hub.resolve_weight(work, "lpips_vgg16"),
+        "recorded_weight": lambda: hub.recorded_weight(work, "lpips_vgg16"),  # optional, but never silent about this
+        "attach_recorded_weights": lambda: hub.attach_recorded_weights(cfg, work),  # what steps 4 and 5 call
+    }
+    for name, read in readers.items():
+        with pytest.raises(hub.ManifestError, match=problem) as err:
+            read()
+        msg = str(err.value)
+        assert "\n" not in msg, name
+        assert (
+            msg.startswith(str(path))
+            and msg.endswith("downloading nothing it finds")
+            and "step2_download_models.py" in msg
+        )
+    assert path.read_bytes() == content  # nothing rewritten by a reader
+    assert cfg.teacher.weights_path is None
+
+
+def test_manifest_entry_pointing_at_a_missing_file(tmp_path):
+    work = tmp_path / "work"
+    _record(work, "lpips_vgg16").unlink()
+    with pytest.raises(hub.WeightsUnavailable) as err:
+        hub.resolve_weight(work, "lpips_vgg16")
+    msg = str(err.value)
+    assert "\n" not in msg and "vgg16-397923af.pth" in msg
+    assert f"recorded at {work / 'models' / 'lpips_vgg16.bin'} but that file is gone or changed" in msg
+    assert str(hub.manifest_file(work)) in msg
+    assert hub.recorded_weight(work, "lpips_vgg16") is None
+
+
+def test_a_page_saved_as_a_weight_is_not_trusted_on_first_use(remote, tmp_path):
+    remote.hf_bytes = b"<!DOCTYPE html><html><body>Access to model org/model is restricted</body></html>"
+    out = hub.ensure_weight(remote.specs[0], tmp_path / "work", {})
+    assert out.status == "corrupt" and "is an HTML or XML page" in out.notes[0]
+    assert not (tmp_path / "work" / "models" / remote.specs[0].filename).exists()
+
+
+def test_damaged_bundle_index_is_one_line(tmp_path):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for content, problem in (
+        (b"{", "is not a valid bundle index"),
+        (b'{"a": {"filename": 3}}', "is not a bundle index"),
+    ):
+        (bundle / hub.BUNDLE_INDEX).write_bytes(content)
+        with pytest.raises(hub.ManifestError, match=problem) as err:
+            hub.WeightsDirs([bundle])
+        assert "\n" not in str(err.value) and str(bundle / hub.BUNDLE_INDEX) in str(err.value)
+        assert "--bundle" in str(err.value)

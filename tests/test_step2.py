@@ -95,3 +95,19 @@ def test_config_selects_what_the_run_needs(tmp_path, capsys):
     assert weights_for_config(load_config("vavae", ["teacher.weights_path=/x.safetensors"]))[2] == "lpips_vgg16"
     assert run(tmp_path, "--config", "demo") == 0
     assert "nothing to fetch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content", [b"", b'{"hf_model": {"path": ', b'["hf"]'], ids=["empty", "truncated", "list"])
+def test_corrupt_manifest_is_rebuilt_without_downloading_again(remote, tmp_path, capsys, content):
+    assert run(tmp_path) == 0
+    manifest = hub.manifest_file(tmp_path / "work")
+    good = json.loads(manifest.read_text())
+    calls = (len(remote.hf_calls), len(remote.ranges))
+    manifest.write_bytes(content)
+    capsys.readouterr()
+    assert run(tmp_path) == 0  # what the error of steps 4 and 5 tells the user to do
+    assert (len(remote.hf_calls), len(remote.ranges)) == calls  # found again in models/, verified, not fetched
+    assert json.loads(manifest.read_text()) == good
+    out = capsys.readouterr().out
+    assert f"warning: {manifest} " in out and ": rebuilding it" in out
+    assert "hf_model             found" in out
