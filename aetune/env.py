@@ -51,6 +51,10 @@ REPORTED_PACKAGES = (
 )
 CU126_INDEX = "https://download.pytorch.org/whl/cu126"
 """CUDA 12.6 torch builds still include Pascal (sm_60) kernels; newer CUDA builds dropped them."""
+PASCAL_TORCH_INSTALL = f"pip install torch==2.14.* torchvision==0.29.* --index-url {CU126_INDEX}"
+"""The last build that runs a P100: PyTorch 2.15 publishes no CUDA 12.6 wheels, and its CUDA 12.8+/13 wheels
+have no sm_60 kernels. torchvision 0.29 is the release paired with torch 2.14 (pinned together: an unmatched
+pair fails to import torchvision)."""
 _ARCH = re.compile(r"^(sm|compute)_(\d+)([a-z]?)$")
 _NETWORK_ERROR = re.compile(
     r"Failed to establish a new connection|Temporary failure in name resolution|Name or service not known|"
@@ -144,11 +148,17 @@ def assert_gpus_usable(gpus: list[GpuFact], arch_list: list[str] | None = None) 
     if bad:
         names = ", ".join(f"GPU {g.index} {g.name} (sm_{g.capability[0]}{g.capability[1]})" for g in bad)
         sm = "sm_{}{}".format(*bad[0].capability)
+        if bad[0].capability < (7, 0):  # Pascal and older: only the CUDA 12.6 builds, up to torch 2.14, have kernels
+            build = (
+                f"install the last torch build with {sm} kernels, torch 2.14 for CUDA 12.6 (newer builds cannot run "
+                f"this GPU): {PASCAL_TORCH_INSTALL} (then restart the session)"
+            )
+        else:
+            build = f"install a newer torch build with {sm} kernels (https://pytorch.org/get-started/locally/)"
         raise AetuneError(
             f"{names}: torch {_torch_version()} has no kernels for it (built for "
             f"{' '.join(arch_list) or 'no CUDA architecture'}). Two ways out: choose the accelerator "
-            f'"GPU T4 x2" in the Kaggle notebook settings, or install a torch build with {sm} kernels: '
-            f"pip install torch torchvision --index-url {CU126_INDEX} (then restart the session)"
+            f'"GPU T4 x2" in the Kaggle notebook settings, or {build}'
         )
     for g in gpus:
         err = _probe_cuda(g.index)
@@ -286,7 +296,7 @@ def collect_environment(work_dir: Path, kaggle_t4: bool = False, min_free_gb: fl
         errors.append(
             f"nvidia-smi sees {len(smi)} GPU(s) ({', '.join(smi)}) but torch {_torch_version()} cannot use "
             "CUDA: the driver is older than this torch build needs; install a torch build for this driver "
-            f"(e.g. pip install torch torchvision --index-url {CU126_INDEX})"
+            f"(e.g. CUDA 12.6: {PASCAL_TORCH_INSTALL})"
         )
     try:
         assert_gpus_usable(gpus)

@@ -71,8 +71,17 @@ def test_advise_batch_size():
 
 
 def test_assert_gpus_usable(monkeypatch):
-    with pytest.raises(AetuneError, match=r'sm_60.*"GPU T4 x2".*cu126'):
+    with pytest.raises(AetuneError) as err:
         env.assert_gpus_usable([P100], KAGGLE_ARCHS)
+    msg = str(err.value)
+    assert "\n" not in msg and "GPU 0 Tesla P100-PCIE-16GB (sm_60)" in msg and '"GPU T4 x2"' in msg
+    # a build that exists: torch 2.14 + cu126 (2.15 has no CUDA 12.6 wheels), torchvision pinned with it
+    assert "pip install torch==2.14.* torchvision==0.29.* --index-url https://download.pytorch.org/whl/cu126" in msg
+    assert "newer builds cannot run this GPU" in msg
+    future = GpuFact(0, "NVIDIA B300", (10, 3), 288.0)
+    with pytest.raises(AetuneError, match=r"sm_103.*install a newer torch build with sm_103 kernels") as err:
+        env.assert_gpus_usable([future], ["sm_80", "sm_90"])
+    assert "torch==2.14" not in str(err.value)  # the P100 pin would not help a GPU newer than the build
     probed = []
     monkeypatch.setattr(env, "_probe_cuda", lambda i: probed.append(i))
     env.assert_gpus_usable([T4, GpuFact(1, "Tesla T4", (7, 5), 14.74)], KAGGLE_ARCHS)

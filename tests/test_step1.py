@@ -50,7 +50,7 @@ def run(tmp_path: Path, machine: dict, *flags: str) -> tuple[int, dict]:
 @pytest.mark.parametrize(
     ("gpus", "flags", "rc", "precision", "batch", "error"),
     [
-        ([GpuFact(0, "Tesla P100-PCIE-16GB", (6, 0), 15.89)], [], 2, "32", 8, '"GPU T4 x2"'),
+        ([GpuFact(0, "Tesla P100-PCIE-16GB", (6, 0), 15.89)], [], 2, "32", 8, "torch==2.14.* torchvision==0.29.*"),
         ([T4_0], ["--kaggle_t4"], 2, "16-mixed", 8, "expects two T4 GPUs but found 1"),
         ([T4_0, T4_1], ["--kaggle_t4"], 0, "16-mixed", 8, None),
         ([GpuFact(0, "NVIDIA A100-SXM4-80GB", (8, 0), 79.25)], [], 0, "bf16-mixed", 32, None),
