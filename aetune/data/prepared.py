@@ -72,9 +72,8 @@ def _read(path: Path, work_dir: str | Path) -> Any:
         raise AetuneError(f"{path} not found: run step3_prepare_dataset.py with --output_dir {work_dir} first")
     try:
         return read_json(path)
-    except ValueError as e:  # invalid JSON (empty, truncated, hand-edited) or bytes that are not UTF-8
-        reason = "is empty" if not path.read_bytes().strip() else f"is not valid JSON ({type(e).__name__})"
-        raise AetuneError(f"{path} {reason}: {_regenerate(work_dir)}") from e
+    except ValueError as e:  # aetune.io.read_json: empty, truncated, hand-edited, or bytes that are not UTF-8
+        raise AetuneError(f"{path} is empty or not valid JSON: {_regenerate(work_dir)}") from e
 
 
 def _is_relpath(p: Any) -> bool:
