@@ -1,0 +1,188 @@
+"""The ``kl3d`` family: our wrapper against MONAI's AutoencoderKL, its options, and the MONAI loss adapters."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("monai")
+pytest.importorskip("einops")
+
+from monai.networks.nets import AutoencoderKL  # noqa: E402
+
+from aetune.errors import AetuneError  # noqa: E402
+from aetune.models import ModelConfigError, create_autoencoder, get_family  # noqa: E402
+from aetune.models.kl3d import KL3DAutoencoder  # noqa: E402
+from aetune.models.kl3d_losses import SQUEEZENET_FILE, PatchDiscriminator3D, build_perceptual_3d  # noqa: E402
+
+# The tiny config with attention switched on at the last level, so the parity covers every block type.
+OPTS = {**get_family("kl3d").tiny, "attention_levels": [False, True]}
+
+
+def tiny(**overrides: object) -> KL3DAutoencoder:
+    torch.manual_seed(0)
+    model = create_autoencoder("kl3d", **{**OPTS, **overrides})
+    assert isinstance(model, KL3DAutoencoder)
+    return model
+
+
+def volumes(batch: int = 2, size: int = 16) -> torch.Tensor:
+    return torch.rand(batch, 1, size, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+def test_wrapper_matches_monai_with_the_same_weights() -> None:
+    model = tiny().eval()
+    c = model._config
+    monai_model = AutoencoderKL(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=1,
+        num_res_blocks=c.num_res_blocks,
+        channels=c.channels,
+        attention_levels=c.attention_levels,
+        latent_channels=c.latent_channels,
+        norm_num_groups=c.norm_num_groups,
+        use_flash_attention=c.use_flash_attention,
+    ).eval()
+    state = {k.removeprefix("net."): v for k, v in model.state_dict().items()}
+    assert all(k.startswith("net.") for k in model.state_dict())
+    monai_model.load_state_dict(state, strict=True)  # the same keys: MONAI's, behind "net."
+    x = volumes()
+    with torch.no_grad():
+        enc = model.encode(x)
+        z_mu, z_sigma = monai_model.encode(x)
+        assert torch.equal(enc.latents, z_mu)
+        assert torch.equal(enc.latent_dist.mean, z_mu)
+        torch.testing.assert_close(enc.latent_dist.std, z_sigma, rtol=1e-6, atol=0)  # exp(log(.)) rounding only
+        assert torch.equal(model.decode(z_mu).sample, monai_model.decode(z_mu))
+        assert torch.equal(model(x), monai_model.reconstruct(x))
+
+
+def test_posterior_and_kl_shapes_and_values() -> None:
+    model = tiny().eval()
+    x = volumes()
+    with torch.no_grad():
+        enc = model.encode(x)
+    post = enc.latent_dist
+    assert model.downsample_factor == 2 and model.latent_channels == 2
+    assert enc.latents.shape == (2, 2, 8, 8, 8)
+    assert post.logvar.shape == post.std.shape == (2, 2, 8, 8, 8)
+    assert post.sample(torch.Generator().manual_seed(0)).shape == (2, 2, 8, 8, 8)
+    kl = post.kl()
+    assert kl.shape == (2,) and kl.dtype == torch.float32
+    want = 0.5 * (post.mean**2 + post.logvar.exp() - 1 - post.logvar).sum(dim=(1, 2, 3, 4))
+    torch.testing.assert_close(kl, want)
+    assert model.decode(enc.latents).sample.shape == x.shape
+
+
+def test_default_config_is_the_monai_tutorial_and_rebuilds() -> None:
+    model = create_autoencoder("kl3d")
+    assert model.config["channels"] == [32, 64, 64] and model.downsample_factor == 4
+    assert model.config["attention_levels"] == [False, False, True] and model.latent_channels == 3
+    small = tiny()
+    rebuilt = create_autoencoder("kl3d", **small.config)
+    assert rebuilt.config == small.config
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in small.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"channels": [16, 32, 60], "attention_levels": [False] * 3, "norm_num_groups": 8},
+            r"norm_num_groups=8 must divide every entry of channels \[16, 32, 60\], but not 60",
+        ),
+        ({"channels": [8, 16], "norm_num_groups": 16}, r"norm_num_groups=16 .* but not 8"),
+        ({"attention_levels": [True]}, r"attention_levels has 1 entries and channels 2 \(\[8, 16\]\)"),
+        ({"latent_channels": 0}, "'latent_channels' must be positive"),
+        ({"channels": []}, "non-empty list"),
+    ],
+)
+def test_bad_options_name_the_numbers(overrides: dict, message: str) -> None:
+    with pytest.raises(ModelConfigError, match=message):
+        create_autoencoder("kl3d", **{**OPTS, **overrides})
+
+
+def test_bad_shapes_name_the_sizes() -> None:
+    model = tiny()
+    with pytest.raises(ValueError, match=r"image size 17x16x16 is not a multiple of the downsample factor 2"):
+        model.encode(torch.zeros(1, 1, 17, 16, 16))
+    with pytest.raises(ValueError, match=r"expects images \(B, 1, D, H, W\), got \(1, 1, 16, 16\)"):
+        model.encode(torch.zeros(1, 1, 16, 16))
+    with pytest.raises(ValueError, match=r"decodes latents \(B, 2, d, h, w\)"):
+        model.decode(torch.zeros(1, 3, 4, 4, 4))
+
+
+def test_last_layer_and_checkpointing_give_the_same_gradients() -> None:
+    model = tiny()
+    assert model.gan_last_layer is model.net.decoder.blocks[-1].conv.weight
+    assert model.gan_last_layer.shape == (1, 8, 3, 3, 3)
+    x = volumes(batch=1)
+
+    def grads() -> list[torch.Tensor]:
+        model.zero_grad()
+        model(x).square().mean().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = grads()
+    model.set_gradient_checkpointing(True)
+    assert model.net.use_checkpoint
+    for a, b in zip(plain, grads(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_aetune_imports_and_lists_kl3d_without_monai() -> None:
+    code = (
+        "import sys; sys.modules['monai'] = None\n"
+        "from aetune.errors import AetuneError\n"
+        "from aetune.models import create_autoencoder, list_families\n"
+        "assert 'kl3d' in list_families()\n"
+        "try:\n    create_autoencoder('kl3d')\nexcept AetuneError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("monai is not installed (needed for --family kl3d)")
+
+
+def test_discriminator_returns_patch_logits() -> None:
+    torch.manual_seed(0)
+    d = PatchDiscriminator3D(in_channels=1, num_layers_d=2, channels=8)
+    assert d(volumes(batch=2)).shape == (2, 1, 2, 2, 2)
+    with pytest.raises(AetuneError, match="must be positive"):
+        PatchDiscriminator3D(num_layers_d=0)
+
+
+@pytest.mark.filterwarnings("ignore:kl3d perceptual loss with a random")
+def test_perceptual_random_backbone_is_frozen_and_leaves_the_hub_dir() -> None:
+    hub = torch.hub.get_dir()
+    loss = build_perceptual_3d(0.5, pretrained=False)
+    assert torch.hub.get_dir() == hub and not loss.pretrained_backbone
+    assert not any(p.requires_grad for p in loss.parameters())
+    loss.train()
+    assert not loss.training and not loss.loss.perceptual_function.training
+    x, y = volumes(batch=1, size=20), volumes(batch=1, size=20).flip(2)
+    torch.manual_seed(0)
+    assert loss(x, x).item() == 0.0
+    assert loss(x, y).item() > 0.0
+    with pytest.raises(ValueError, match="at least 17 voxels per side, got 16x16x16"):
+        loss(volumes(batch=1), volumes(batch=1))
+
+
+def test_perceptual_pretrained_loads_the_local_file_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    with pytest.raises(AetuneError, match=f"SqueezeNet 1.1 weights at {tmp_path}/checkpoints/{SQUEEZENET_FILE}"):
+        build_perceptual_3d(0.25)
+    torch.manual_seed(5)
+    weights = torchvision.models.squeezenet1_1(weights=None).state_dict()
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(weights, tmp_path / "checkpoints" / SQUEEZENET_FILE)
+    loss = build_perceptual_3d(0.25)
+    assert loss.pretrained_backbone and loss.loss.fake_3d_ratio == 0.25
+    first_conv = loss.loss.perceptual_function.net.slice1[0].weight
+    assert torch.equal(first_conv, weights["features.0.weight"])  # the file we wrote, not a download
+    with pytest.raises(AetuneError, match=r"fake_3d_ratio must be in \(0, 1\]"):
+        build_perceptual_3d(0.0)
