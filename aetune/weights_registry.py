@@ -115,6 +115,17 @@ REGISTRY: tuple[WeightSpec, ...] = (
         sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
         target=TORCH_HUB,
     ),
+    WeightSpec(
+        name="lpips_squeeze",
+        filename="squeezenet1_1-b8a52dc0.pth",
+        description="torchvision SqueezeNet 1.1 ImageNet weights: the trunk of kl3d's fake-3-D perceptual loss "
+        "(MONAI PerceptualLoss, LPIPS-squeeze; the linear layers ship in lpips)",
+        licence="BSD-3-Clause (torchvision)",
+        approx_gb=0.0047,  # torchvision's recorded file size, 4.729 MB
+        url="https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
+        target=TORCH_HUB,
+        default=False,
+    ),
 )
 
 TEACHER_WEIGHTS = {"vit_large_patch14_dinov2.lvd142m": "dinov2_vitl14"}
