@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data_root", help="folder with one sub-folder of images per user")
     p.add_argument("--val_ratio", type=float, default=0.1, help="fraction of each user's images for validation")
     p.add_argument("--seed", type=int, default=42, help="seed of the content hash that assigns the split (0..2^32-1)")
-    p.add_argument("--name", default="microdoppler", help="dataset name used in output file names")
+    p.add_argument("--name", default="microdoppler", help="dataset name used in output file names ([A-Za-z0-9._-])")
     g = p.add_argument_group("built-in synthetic dataset")
     g.add_argument("--synthetic", choices=["microdoppler"], help="generate the synthetic dataset, then prepare it")
     g.add_argument("--num_users", type=int, default=31)
@@ -44,14 +44,16 @@ SYNTHETIC_LIMITS = {"num_users": (1, 1000), "images_per_user": (1, 10_000), "ima
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Every numeric flag in range, before anything is read or written.
+    """Every numeric flag in range and a file-safe ``--name``, before anything is read or written.
 
     Raises:
         AetuneError: one line naming the flag and its valid range.
     """
+    from aetune.data.prepared import check_dataset_name
     from aetune.data.split import check_val_ratio
 
     check_val_ratio(args.val_ratio, "--val_ratio")
+    check_dataset_name(args.name)
     if not 0 <= args.seed <= SEED_MAX:
         raise AetuneError(f"--seed must be in [0, {SEED_MAX}], got {args.seed}")
     for flag, (lo, hi) in SYNTHETIC_LIMITS.items():

@@ -352,6 +352,23 @@ def test_numeric_flags_out_of_range(flag: str, value: str, tmp_path: Path, capsy
     assert not work.exists()
 
 
+@pytest.mark.parametrize("name", ["../evil", "my data", ".hidden", "a/b", "", "x" * 65])
+def test_a_name_that_cannot_be_a_file_name(name: str, user_folders: Path, tmp_path: Path, capsys) -> None:
+    work = tmp_path / "w"
+    assert _run(["--data_root", str(user_folders), "--output_dir", str(work), "--name", name]) == 2
+    assert _one_error_line(capsys).startswith(f"error: --name {name!r} cannot be part of a file name")
+    assert not work.exists()
+
+
+def test_a_hand_edited_name_is_refused_when_read(prepared: tuple[Path, Path]) -> None:
+    _, work = prepared
+    _edit("dataset.json", lambda d: {**d, "name": "../../etc"})(work)
+    with pytest.raises(
+        AetuneError, match=r"dataset.json field 'name' '../../etc' cannot be part of a file name.*e\.g\. etc"
+    ):
+        load_prepared(work)
+
+
 # ---- unwritable work directories ----------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aetune.data.neardup import MIN_CORRELATION, MIN_OVERLAP, find_near_duplicates
-from aetune.data.prepared import DATASET_FILE, LABELS_FILE, SPLIT_FILE, data_dir
+from aetune.data.prepared import DATASET_FILE, LABELS_FILE, SPLIT_FILE, check_dataset_name, data_dir
 from aetune.data.scan import ScanResult, scan_dataset
 from aetune.data.split import check_val_ratio, duplicate_groups, split_groups, split_records
 from aetune.errors import AetuneError
@@ -89,8 +89,8 @@ def _existing(path: Path) -> Any:
         return None
     try:
         return read_json(path)
-    except ValueError as e:  # invalid JSON, or bytes that are not UTF-8
-        log.warning("replacing %s: %s", path, str(e).splitlines()[0])
+    except ValueError:  # invalid JSON, or bytes that are not UTF-8
+        log.warning("replacing %s: it is empty or not valid JSON", path)
         return None
 
 
@@ -128,10 +128,11 @@ def prepare_dataset(
     untouched (``changed`` is False). Existing files that are not valid JSON are replaced.
 
     Raises:
-        AetuneError: bad ``val_ratio``, unwritable ``work_dir``, missing root, no usable image, or no
+        AetuneError: bad ``val_ratio`` or ``name``, unwritable ``work_dir``, missing root, no usable image, or no
             training image (nothing is written then).
     """
     check_val_ratio(val_ratio)
+    check_dataset_name(name)
     work_dir = Path(work_dir)
     check_output_dir(work_dir)
     scan = scan_dataset(data_root, progress=progress)

@@ -5,17 +5,38 @@ Later steps never re-scan folders or guess paths: they take the split and labels
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aetune.errors import AetuneError
+from aetune.errors import AetuneError, InvalidArgument
 from aetune.io import read_json
 
 DATA_SUBDIR = "data"
 LABELS_FILE = "labels.json"
 DATASET_FILE = "dataset.json"
 SPLIT_FILE = "split.json"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""A dataset name becomes part of file names (``vavae_<name>_final.pt``): no separators, no leading dot."""
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a dataset name (with a safe suggestion), or None when it can."""
+    if isinstance(name, str) and _SAFE_NAME.fullmatch(name):
+        return None
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).lstrip("._-")[:64] or "microdoppler"
+    return (
+        f"{name!r} cannot be part of a file name: use 1-64 letters, digits, '.', '_' or '-', "
+        f"starting with a letter or digit (e.g. {safe})"
+    )
+
+
+def check_dataset_name(name: str, flag: str = "--name") -> None:
+    """Raise InvalidArgument naming ``flag`` unless ``name`` is safe in file names."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise InvalidArgument(f"{flag} {problem}")
 
 
 @dataclass(frozen=True)
@@ -91,8 +112,10 @@ def _structure_problem(labels: Any, dataset: Any, split: Any) -> tuple[str, str]
         return LABELS_FILE, f"labels must be 0..{len(values) - 1}, each once, got {sorted(values)}"
     if not isinstance(dataset, dict) or not isinstance(dataset.get("accepted"), list):
         return DATASET_FILE, "has no list 'accepted'"
-    if not isinstance(dataset.get("name"), str) or not isinstance(dataset.get("data_root"), str):
-        return DATASET_FILE, "needs string fields 'name' and 'data_root'"
+    if not isinstance(dataset.get("data_root"), str):
+        return DATASET_FILE, "needs a string field 'data_root'"
+    if name_problem(dataset.get("name")) is not None:
+        return DATASET_FILE, f"field 'name' {name_problem(dataset.get('name'))}"
     for a in dataset["accepted"]:
         if not (isinstance(a, dict) and _is_relpath(a.get("relpath")) and isinstance(a.get("user"), str)):
             return DATASET_FILE, f"has an accepted entry without a relative 'relpath' and a 'user': {a!r:.80}"
