@@ -27,7 +27,7 @@ from aetune.data.neardup import find_near_duplicates
 from aetune.data.prepare import prepare_dataset
 from aetune.data.prepared import load_prepared
 from aetune.data.scan import scan_dataset
-from aetune.data.split import split_records
+from aetune.data.split import content_score, split_records
 from aetune.data.synthetic import draw_user, render_image
 from aetune.errors import AetuneError
 from tests.conftest import make_user_folders
@@ -86,6 +86,28 @@ def test_a_fresh_work_directory_keeps_every_training_image_after_images_are_adde
     # The old split.json changes nothing: the work directory that has one gets the same split.
     assert _run(["--data_root", str(root), "--output_dir", str(tmp_path / "w1"), *seed]) == 0
     assert _split(tmp_path / "w1") == after
+
+
+def test_images_that_change_side_against_the_replaced_split_are_reported(prepared: tuple[Path, Path], capsys) -> None:
+    root, work = prepared
+    old = _split(work)
+    moved = old["val"][0]
+    hand = {**old, "train": [*old["train"], moved], "val": old["val"][1:]}  # as the quota rule might have
+    (work / "data" / "split.json").write_text(json.dumps(hand))
+    args = ["--data_root", str(root), "--output_dir", str(work), "--seed", "0", "--val_ratio", "0.3", "--name", "toy"]
+    assert _run(args) == 0
+    assert "1 images moved from train to val and 0 from val to train" in capsys.readouterr().out
+    assert _split(work) == old
+
+
+def test_no_training_image_is_an_error(tmp_path: Path, capsys) -> None:
+    root = make_user_folders(tmp_path / "d", {"ID_1": 2})
+    shas = [r.sha1 for r in scan_dataset(root, progress=False).accepted]
+    seed = next(s for s in range(1000) if all(content_score(s, h) < 0.5 for h in shas))  # both drawn
+    work = tmp_path / "w"
+    assert _run(["--data_root", str(root), "--output_dir", str(work), "--val_ratio", "0.5", "--seed", str(seed)]) == 2
+    assert "no training image: all 2 images fell in validation" in _one_error_line(capsys)
+    assert not work.exists()
 
 
 # ---- near-duplicates ----------------------------------------------------------------------------------
