@@ -1,0 +1,385 @@
+"""Videos for the ``taehv`` family: scan and validate a folder, decode frames once, sample clips from a cache.
+
+Layout: one folder per user (class), each holding video files (``.mp4``, ``.webm``, ``.mov``; decoded with
+PyAV) and/or folders of frame images (one folder = one video, frames in natural order: ``f_2`` before
+``f_10``), at any depth. A video is the split unit: its ``VideoRecord`` carries ``relpath``, ``user`` and
+``sha1`` like an image record, so ``aetune.data.split`` puts every frame of a video on one side.
+
+The scan decodes every frame once (a file that opens but breaks half-way is found at step 3, not in
+training) and rejects, with a reason and never a crash: empty, unreadable or stream-less files, videos
+shorter than ``min_frames``, frame rates outside ``FPS_RANGE``, frames smaller than ``MIN_VIDEO_SIDE`` or
+changing size, unreadable frames of a frame folder, and images lying loose in a user folder.
+
+Training never decodes a video twice: ``build_clip_cache`` writes each video once, resized to the clip
+resolution and subsampled by the frame stride, as a uint8 ``.npy`` (T, H, W, 3) under
+``cache/video_<H>x<W>_s<stride>/``, keyed by the file's size and modification time; ``VideoClips`` then
+memory-maps those files and serves non-overlapping clips of ``frames`` frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from aetune.data.images import DECOMPRESSION_BOMB, IMAGE_SUFFIXES, load_rgb
+from aetune.data.prepared import PreparedData
+from aetune.data.scan import MIN_IMAGE_SIDE, ScanResult, _is_hidden, natural_key
+from aetune.errors import AetuneError
+from aetune.io import atomic_path, atomic_write_json, read_json
+from aetune.optional import require
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".webm", ".mov"})
+"""Video file extensions step 3 accepts (lower case)."""
+MIN_VIDEO_SIDE = MIN_IMAGE_SIDE
+"""Smaller frames carry no usable picture (and break f16 autoencoders after resizing)."""
+FPS_RANGE = (1.0, 240.0)
+"""Frame rates outside it are a broken header or a slideshow, not a video to learn motion from."""
+DEFAULT_MIN_FRAMES = 12
+"""Shortest accepted video: one training clip of the seed's 12 frames."""
+FRAMES_FORMAT = "frames"
+"""``VideoRecord.format`` of a folder of frame images."""
+CACHE_SUBDIR = "cache"
+
+
+@dataclass
+class VideoRecord:
+    """One accepted video (a row of ``data/dataset.json``)."""
+
+    relpath: str  # POSIX path of the file or frame folder relative to the data root; first part is the user
+    user: str  # the user (class) folder: the label name
+    width: int  # frame size in pixels, as stored
+    height: int
+    frames: int  # decoded frames
+    fps: float | None  # average frame rate of the stream; None for a frame folder (no timing)
+    format: str  # container (mp4, webm, mov) or "frames"
+    sha1: str  # SHA-1 of every decoded RGB frame and its shape: equal for the same video in any container
+
+
+def _frame_paths(folder: Path) -> list[Path]:
+    """Visible image files directly in ``folder``, natural order."""
+    files = [f for f in folder.iterdir() if f.is_file() and not _is_hidden(f.name)]
+    return sorted((f for f in files if f.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: natural_key(p.name))
+
+
+def _is_frame_folder(folder: Path) -> bool:
+    """True when ``folder`` directly holds frame images and no video file (images beside videos are loose)."""
+    return bool(_frame_paths(folder)) and not any(
+        f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES for f in folder.iterdir()
+    )
+
+
+def _holds_videos(folder: Path) -> bool:
+    """True when ``folder`` directly holds a video file or a folder of frame images."""
+    for c in folder.iterdir():
+        if _is_hidden(c.name):
+            continue
+        if (c.is_file() and c.suffix.lower() in VIDEO_SUFFIXES) or (c.is_dir() and _is_frame_folder(c)):
+            return True
+    return False
+
+
+def find_video_root(root: str | Path) -> Path:
+    """The folder holding the user folders: ``root`` or, through single wrapper folders, below it.
+
+    Raises:
+        AetuneError: ``root`` does not exist or is not a folder.
+    """
+    p = Path(root).expanduser()
+    if not p.is_dir():
+        what = "is a file" if p.exists() else "does not exist"
+        raise AetuneError(f"--data_root {p} {what}: pass the folder that holds one folder of videos per user")
+    p = p.resolve()
+    for _ in range(4):  # Kaggle datasets often unpack as slug/slug/...
+        visible = [c for c in p.iterdir() if not _is_hidden(c.name)]
+        subdirs = [c for c in visible if c.is_dir()]
+        if any(_holds_videos(d) for d in subdirs) or len(subdirs) != 1 or len(visible) != 1:
+            return p
+        log.info("data root: descending into wrapper folder %s", subdirs[0].name)
+        p = subdirs[0]
+    return p
+
+
+class _Digest:
+    """Frame-by-frame SHA-1 and size check of a decoded video."""
+
+    def __init__(self) -> None:
+        self.sha1 = hashlib.sha1()
+        self.shape: tuple[int, ...] | None = None
+        self.frames = 0
+
+    def add(self, rgb: np.ndarray, where: str) -> str:
+        """Hash one (H, W, 3) frame; return a rejection reason, or "" when it fits."""
+        if self.shape is None:
+            self.shape = rgb.shape
+            if min(rgb.shape[:2]) < MIN_VIDEO_SIDE:
+                return f"too small ({rgb.shape[1]}x{rgb.shape[0]}, minimum side {MIN_VIDEO_SIDE} px)"
+            self.sha1.update(f"{rgb.shape}".encode())
+        elif rgb.shape != self.shape:
+            h0, w0 = self.shape[:2]
+            return f"frame size changes at {where} ({w0}x{h0} -> {rgb.shape[1]}x{rgb.shape[0]})"
+        self.sha1.update(rgb.tobytes())
+        self.frames += 1
+        return ""
+
+
+def _check_video_file(path: Path, min_frames: int) -> tuple[VideoRecord | None, str]:
+    """Decode every frame of ``path``: (record without relpath/user, "") or (None, reason); bad data never raises."""
+    av = require("av", "video data")
+    if path.stat().st_size == 0:
+        return None, "empty file (0 bytes)"
+    digest = _Digest()
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return None, "no video stream"
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            fmt = path.suffix.lower().lstrip(".")
+            for frame in container.decode(stream):
+                reason = digest.add(frame.to_ndarray(format="rgb24"), f"frame {digest.frames}")
+                if reason:
+                    return None, reason
+    except (av.error.FFmpegError, OSError, ValueError) as e:  # PyAV's errors for corrupt or unsupported data
+        return None, f"unreadable video ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    return _finish(digest, None if rate is None else float(Fraction(rate)), fmt, min_frames)
+
+
+def _check_frame_folder(folder: Path, min_frames: int) -> tuple[VideoRecord | None, str]:
+    """Decode every frame image of ``folder``: (record without relpath/user, "") or (None, reason)."""
+    digest = _Digest()
+    for f in _frame_paths(folder):
+        try:
+            rgb = load_rgb(f)
+        except DECOMPRESSION_BOMB as e:
+            return None, f"frame {f.name}: refused as a possible decompression bomb ({e})"
+        except UnidentifiedImageError:
+            return None, f"frame {f.name}: not a decodable image (unknown or corrupt header)"
+        except (OSError, ValueError, SyntaxError) as e:  # Pillow's errors for truncated or corrupt data
+            return None, f"frame {f.name}: corrupt or truncated image ({e})"
+        reason = digest.add(rgb, f.name)
+        if reason:
+            return None, reason
+    return _finish(digest, None, FRAMES_FORMAT, min_frames)
+
+
+def _finish(digest: _Digest, fps: float | None, fmt: str, min_frames: int) -> tuple[VideoRecord | None, str]:
+    """The rules that need the whole video: length and frame rate."""
+    if digest.frames < min_frames or digest.shape is None:
+        return None, f"too short ({digest.frames} frames, minimum {min_frames})"
+    if fmt != FRAMES_FORMAT and (fps is None or not math.isfinite(fps) or not FPS_RANGE[0] <= fps <= FPS_RANGE[1]):
+        return None, f"odd frame rate ({fps} fps; expected {FPS_RANGE[0]:g} to {FPS_RANGE[1]:g})"
+    h, w = digest.shape[:2]
+    return VideoRecord("", "", w, h, digest.frames, fps, fmt, digest.sha1.hexdigest()), ""
+
+
+def _candidates(user_dir: Path, root: Path, rejected: list[dict[str, str]]) -> list[Path]:
+    """Video files and frame folders under ``user_dir``; everything else recorded in ``rejected``."""
+    found = []
+    for p in sorted(user_dir.rglob("*"), key=lambda p: natural_key(p.relative_to(user_dir).as_posix())):
+        rel = p.relative_to(root).as_posix()
+        hidden = next((part for part in p.relative_to(user_dir).parts if _is_hidden(part)), None)
+        if hidden is not None:
+            if p.is_file():
+                rejected.append({"path": rel, "reason": f"hidden file or folder ({hidden})"})
+        elif p.is_dir():
+            if p != user_dir and _is_frame_folder(p):
+                found.append(p)
+        elif p.suffix.lower() in VIDEO_SUFFIXES:
+            found.append(p)
+        elif p.suffix.lower() in IMAGE_SUFFIXES:
+            if p.parent == user_dir or not _is_frame_folder(p.parent):
+                reason = "image outside a frame folder (put the frames of each video in their own folder)"
+                rejected.append({"path": rel, "reason": reason})
+        else:
+            rejected.append({"path": rel, "reason": f"not a video or frame-image extension ({p.suffix or 'none'})"})
+    return found
+
+
+def scan_videos(data_root: str | Path, min_frames: int = DEFAULT_MIN_FRAMES, progress: bool = True) -> ScanResult:
+    """Decode every video under the user folders of ``data_root`` and sort it into accepted / rejected.
+
+    Returns ``aetune.data.scan.ScanResult`` with ``VideoRecord`` items (no near-duplicate fingerprints: a
+    video's unit is the whole video, identical copies are caught by ``sha1``).
+
+    Raises:
+        AetuneError: the root does not exist, ``min_frames`` < 1, or no user folder holds a usable video.
+    """
+    if min_frames < 1:
+        raise AetuneError(f"min_frames must be >= 1, got {min_frames}")
+    root = find_video_root(data_root)
+    result = ScanResult(data_root=root, users=[])
+    user_dirs = []
+    for entry in sorted(root.iterdir(), key=lambda p: natural_key(p.name)):
+        if _is_hidden(entry.name):
+            result.rejected.append({"path": entry.name, "reason": "hidden file or folder (__MACOSX, dotfile)"})
+        elif entry.is_dir():
+            user_dirs.append(entry)
+        else:
+            result.rejected.append({"path": entry.name, "reason": "file outside any user folder"})
+    jobs = [(d.name, p) for d in user_dirs for p in _candidates(d, root, result.rejected)]
+    counts = {d.name: 0 for d in user_dirs}
+    for user, p in tqdm(jobs, desc="checking videos", unit="video", disable=not progress):
+        record, reason = _check_frame_folder(p, min_frames) if p.is_dir() else _check_video_file(p, min_frames)
+        rel = p.relative_to(root).as_posix()
+        if record is None:
+            result.rejected.append({"path": rel, "reason": reason})
+            continue
+        record.relpath, record.user = rel, user
+        result.accepted.append(record)  # type: ignore[arg-type]  (ScanResult holds any record with relpath/user/sha1)
+        counts[user] += 1
+    result.users = [d.name for d in user_dirs if counts[d.name]]
+    result.empty_users = [d.name for d in user_dirs if not counts[d.name]]
+    if not result.accepted:
+        raise AetuneError(
+            f"no usable video under {root} ({len(user_dirs)} folders, {len(result.rejected)} rejected): expected "
+            f"one folder per user holding {'/'.join(sorted(s[1:] for s in VIDEO_SUFFIXES))} files or folders of "
+            f"frame images, each of at least {min_frames} frames"
+        )
+    return result
+
+
+def _resized(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 -> (height, width, 3) uint8, bicubic (the images' rule, ``load_rgb_resized``)."""
+    height, width = size
+    if rgb.shape[:2] == (height, width):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC))
+
+
+def iter_frames(path: Path) -> Iterator[np.ndarray]:
+    """The RGB uint8 (H, W, 3) frames of a video file or a frame folder, in order.
+
+    Raises:
+        AetuneError: a video that step 3 accepted can no longer be decoded (naming it).
+    """
+    if path.is_dir():
+        for f in _frame_paths(path):
+            try:
+                yield load_rgb(f)
+            except (OSError, ValueError, SyntaxError) as e:
+                raise AetuneError(f"cannot decode {f} ({e}); re-run step 3 to re-scan the dataset") from e
+        return
+    av = require("av", "video data")
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(container.streams.video[0]):
+                yield frame.to_ndarray(format="rgb24")
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise AetuneError(f"cannot decode {path} ({e}); re-run step 3 to re-scan the dataset") from e
+
+
+def decode_video(path: Path, size: tuple[int, int], stride: int = 1) -> np.ndarray:
+    """Every ``stride``-th frame of ``path``, resized: (T, height, width, 3) uint8, T = ceil(frames / stride)."""
+    frames = [_resized(rgb, size) for i, rgb in enumerate(iter_frames(path)) if i % stride == 0]
+    if not frames:
+        raise AetuneError(f"{path} has no frames; re-run step 3 to re-scan the dataset")
+    return np.stack(frames)
+
+
+def _source_key(path: Path, size: tuple[int, int], stride: int) -> str:
+    """What a cached video depends on: the file (or frame files) by size and mtime, the resolution, the stride."""
+    files = _frame_paths(path) if path.is_dir() else [path]
+    h = hashlib.sha1(f"{size[0]}x{size[1]}/{stride}\n".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def clip_cache_dir(work_dir: Path, size: tuple[int, int], stride: int) -> Path:
+    """``<work>/cache/video_<H>x<W>_s<stride>/``: one ``.npy`` (+ ``.json`` key) per video."""
+    return Path(work_dir) / CACHE_SUBDIR / f"video_{size[0]}x{size[1]}_s{stride}"
+
+
+def cached_video(path: Path, relpath: str, cache_dir: Path, size: tuple[int, int], stride: int) -> Path:
+    """The cache file of one video, decoded now unless a valid one exists (written atomically, array first)."""
+    name = hashlib.sha1(relpath.encode("utf-8")).hexdigest()[:16]
+    out, meta = cache_dir / f"{name}.npy", cache_dir / f"{name}.json"
+    key = _source_key(path, size, stride)
+    if out.is_file() and meta.is_file() and read_json(meta).get("key") == key:
+        return out
+    frames = decode_video(path, size, stride)
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.save(f, frames)
+    atomic_write_json(meta, {"key": key, "relpath": relpath, "frames": len(frames), "size": list(size)})
+    return out
+
+
+def build_clip_cache(
+    prepared: PreparedData, split: str, size: tuple[int, int], stride: int, work_dir: Path, progress: bool = True
+) -> list[Path]:
+    """Cache every video of ``split`` (see the module docstring); return the files in split order.
+
+    Args:
+        prepared: step 3's data (video records).
+        split: ``train``, ``val`` or ``all``.
+        size: (height, width) of the clips, e.g. the seed's (480, 720).
+        stride: keep every ``stride``-th frame (1: all).
+        work_dir: the work directory.
+    """
+    if stride < 1 or min(size) < 1:
+        raise AetuneError(f"clip stride and size must be positive, got stride {stride}, size {list(size)}")
+    cache_dir = clip_cache_dir(work_dir, size, stride)
+    samples = prepared.split(split)
+    return [
+        cached_video(prepared.path(s), s.relpath, cache_dir, size, stride)
+        for s in tqdm(samples, desc=f"caching {split} videos", unit="video", leave=False, disable=not progress)
+    ]
+
+
+class VideoClips(Dataset):
+    """Non-overlapping clips of cached videos: ``(clip (frames, 3, H, W) uint8, label)``.
+
+    Clip ``k`` of a video of ``T`` cached frames holds frames ``k * frames .. (k + 1) * frames - 1``
+    (``T // frames`` clips; the tail is left out). Clips stay uint8 until they reach the device.
+
+    Args:
+        files: cached ``.npy`` videos (``build_clip_cache``).
+        labels: one label per file.
+        frames: frames per clip (the seed: 12).
+
+    Raises:
+        AetuneError: no video is as long as one clip.
+    """
+
+    def __init__(self, files: list[Path], labels: list[int], frames: int) -> None:
+        if len(files) != len(labels):
+            raise ValueError(f"{len(files)} videos but {len(labels)} labels")
+        if frames < 1:
+            raise AetuneError(f"frames per clip must be >= 1, got {frames}")
+        self.files, self.labels, self.frames = files, labels, frames
+        self.index: list[tuple[int, int]] = []  # (video, first frame)
+        short = []
+        for v, f in enumerate(files):
+            n = np.load(f, mmap_mode="r").shape[0]
+            self.index += [(v, k * frames) for k in range(n // frames)]
+            if n < frames:
+                short.append(f"{f.name} ({n})")
+        if short:
+            log.warning("%d videos are shorter than a clip of %d frames and give none: %s", len(short), frames, short)
+        if not self.index:
+            raise AetuneError(
+                f"no video has {frames} frames after the frame stride: lower the frames per clip or the stride"
+            )
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        v, start = self.index[i]
+        clip = np.array(np.load(self.files[v], mmap_mode="r")[start : start + self.frames])  # copy (T, H, W, 3)
+        return torch.from_numpy(clip).permute(0, 3, 1, 2), self.labels[v]  # (T, H, W, 3) -> (T, 3, H, W)
