@@ -2,9 +2,11 @@
 
 Reports the platform (Kaggle / Colab / local), versions, GPUs, CPU, RAM and disk; catches the traps
 that cost a session (a P100 without kernels, CUDA visible but unusable, one T4 where two were meant,
-too little disk); advises precision and batch size. Never installs or upgrades torch or torchvision.
+too little disk for the planned run); advises precision and batch size. Installs a family's extra packages
+(requirements/<family>.txt). Never installs or upgrades torch or torchvision.
 
-    python step1_setup_environment.py --kaggle --kaggle_t4
+    python step1_setup_environment.py --kaggle --kaggle_t4 --config vavae --stages 1,2
+    python step1_setup_environment.py --family kl3d           # also MONAI, nibabel, ...
     python step1_setup_environment.py --check_only            # install nothing
 """
 
@@ -16,24 +18,39 @@ import sys
 from pathlib import Path
 
 from aetune.cli import add_common_args, resolve_work_dir, run_main
+from aetune.config import Config, load_config
+from aetune.disk_budget import gb, image_cache_bytes, project_config
 from aetune.env import (
     ENVIRONMENT_FILE,
+    GIB,
     MIN_FREE_DISK_GB,
     check_requirements,
     collect_environment,
+    family_requirements,
     install_requirements,
 )
 from aetune.errors import AetuneError
 from aetune.io import atomic_write_json
+from aetune.train.plan import parse_stages
+from aetune.weights_registry import MODELS
 
 log = logging.getLogger("aetune")
 
 REQUIREMENTS = Path(__file__).resolve().parent / "requirements.txt"
+FAMILY_REQUIREMENTS = Path(__file__).resolve().parent / "requirements"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser)
+    add_common_args(parser, config=True)
+    parser.add_argument("--family", default=None, help="also install requirements/NAME.txt (NAME[,NAME])")
+    parser.add_argument("--stages", default=None, help="with --config: the stages the disk plan counts (default: all)")
+    parser.add_argument(
+        "--models_dir",
+        type=Path,
+        default=None,
+        help="where step 2 puts weights (outside the work dir: not counted)",
+    )
     parser.add_argument("--kaggle_t4", action="store_true", help='you will train on Kaggle\'s "GPU T4 x2" (DDP)')
     parser.add_argument("--check_only", action="store_true", help="report only: install nothing")
     parser.add_argument("--requirements", type=Path, default=REQUIREMENTS, help="requirements file to check")
@@ -49,9 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _dependencies(args: argparse.Namespace) -> tuple[list[dict], list[str], list[str]]:
-    """Check (and unless --check_only, install) requirements: (report rows, warnings, errors)."""
-    statuses = check_requirements(args.requirements)
+def _dependencies(args: argparse.Namespace, files: list[Path]) -> tuple[list[dict], list[str], list[str]]:
+    """Check (and unless --check_only, install) the requirements of ``files``: (report rows, warnings, errors)."""
+    statuses = [s for f in files for s in check_requirements(f)]
     absent = [s.name for s in statuses if s.protected and s.installed is None]
     if absent:
         raise AetuneError(
@@ -72,7 +89,7 @@ def _dependencies(args: argparse.Namespace) -> tuple[list[dict], list[str], list
             log.info("installing: %s", " ".join(install_requirements(statuses, args.wheels_dir)))
         except AetuneError as e:
             errors.append(str(e))
-        statuses = check_requirements(args.requirements)
+        statuses = [s for f in files for s in check_requirements(f)]
     rows = [{"requirement": s.requirement, "installed": s.installed, "satisfied": s.satisfied} for s in statuses]
     return rows, warnings, errors
 
@@ -92,17 +109,49 @@ def _report(env: dict) -> None:
     log.info("internet   %s", ", ".join(f"{h} {'ok' if ok else 'unreachable'}" for h, ok in env["internet"].items()))
     log.info("precision  %s: %s", env["precision"]["advice"], env["precision"]["reason"])
     log.info("batch size %d per device for the default preset", env["batch_size_advice"])
+    for line in env.get("disk_plan", {}).get("report", []):
+        log.info("%s", line)
     for w in env["warnings"]:
         log.warning("warning: %s", w)
     for e in env["errors"]:
         print(f"error: {e}", file=sys.stderr)
 
 
+def _disk_plan(
+    cfg: Config, stages: list[str], args: argparse.Namespace, work_dir: Path, free_gb: float
+) -> tuple[dict, list[str]]:
+    """The projected files of step 4 for ``--config``/``--stages``: (JSON record with its report lines, errors)."""
+    models_dir = (args.models_dir or work_dir / MODELS).resolve()
+    counted = models_dir.is_relative_to(work_dir)  # weights kept elsewhere do not use this folder's space
+    budget = project_config(cfg, stages, models_dir, weights=None if counted else [])
+    free = int(free_gb * GIB)
+    problem = budget.problem(free, work_dir)
+    lines = [f"disk plan  {args.config or cfg.model.family}, stages {','.join(stages)}, in {work_dir}:"]
+    lines += budget.lines()
+    if cfg.data.cache == "file":
+        lines.append(f"  + {gb(image_cache_bytes(1000, cfg.data.image_size))} per 1,000 images (data.cache: file)")
+    lines.append(f"  {gb(free)} free: {'does not fit (see the error)' if problem else 'fits'}")
+    record = {**budget.to_dict(), "stages": stages, "free_bytes": free, "weights_counted": counted, "report": lines}
+    return record, [problem] if problem else []
+
+
 def main(args: argparse.Namespace) -> int:
     work_dir = resolve_work_dir(args)
+    cfg = load_config(args.config, args.overrides) if args.config or args.overrides else None
+    families = [f.strip() for f in args.family.split(",") if f.strip()] if args.family else []
+    families = families or ([cfg.model.family] if cfg else [])
+    extras = [p for f in families if (p := family_requirements(f, FAMILY_REQUIREMENTS)) is not None]
+    stages = parse_stages(args.stages, cfg) if cfg else []
     work_dir.mkdir(parents=True, exist_ok=True)
-    rows, warnings, errors = _dependencies(args)
+    rows, warnings, errors = _dependencies(args, [args.requirements, *extras])
     env = collect_environment(work_dir, kaggle_t4=args.kaggle_t4, min_free_gb=args.min_free_gb)
+    if cfg is not None:
+        try:
+            env["disk_plan"], plan_errors = _disk_plan(cfg, stages, args, work_dir, env["disk"]["free_gb"])
+            errors += plan_errors
+        except AetuneError as e:  # e.g. a family's package that failed to install: reported, the rest still written
+            warnings.append(f"no disk plan: {e}")
+    env["families"] = families
     env["requirements"] = rows
     env["warnings"] = warnings + env["warnings"]
     env["errors"] = errors + env["errors"]

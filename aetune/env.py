@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import difflib
 import importlib.metadata
 import os
 import platform
@@ -34,6 +35,8 @@ KAGGLE_QUOTA_GB = 20.0
 """Kaggle keeps at most 20 GB of /kaggle/working; the disk under it reports far more free space."""
 MIN_FREE_DISK_GB = 10.0
 """VA-VAE weights (~4 GB, step 2) plus one stage's three checkpoints (last + top-2, ~1 GB each) and room."""
+BUILTIN_FAMILIES = ("kl", "vavae")
+"""Families whose packages requirements.txt covers; the others have ``requirements/<family>.txt``."""
 PROTECTED = frozenset({"torch", "torchvision"})
 """Never installed or upgraded: Kaggle and Colab ship them built for their CUDA driver."""
 REPORTED_PACKAGES = (
@@ -383,6 +386,30 @@ def check_requirements(path: Path) -> list[RequirementStatus]:
         ok = have is not None and req.specifier.contains(have, prereleases=True)
         out.append(RequirementStatus(line, name, have, ok, name in PROTECTED))
     return out
+
+
+def family_requirements(family: str, folder: Path) -> Path | None:
+    """``<folder>/<family>.txt``, the extra packages of ``family``; None when requirements.txt covers it.
+
+    Any ``<folder>/<name>.txt`` is accepted, so an extra that is not a family (``hf``: Hugging Face
+    datasets) installs the same way. The names come from the files (and :data:`BUILTIN_FAMILIES`), not
+    from the model registry, so step 1 can answer before torch is installed.
+
+    Raises:
+        AetuneError: an unknown family, listing the valid ones.
+    """
+    extras = {p.stem: p for p in Path(folder).glob("*.txt")} if Path(folder).is_dir() else {}
+    if family in extras:
+        return extras[family]
+    if family in BUILTIN_FAMILIES:
+        return None
+    valid = sorted({*BUILTIN_FAMILIES, *extras})
+    close = difflib.get_close_matches(family, valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise AetuneError(
+        f"unknown family '{family}'{hint}: valid names (requirements/<name>.txt, and {' '.join(BUILTIN_FAMILIES)}) "
+        f"are {', '.join(valid)}"
+    )
 
 
 def _run_pip(args: list[str]) -> tuple[int, str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,104 @@ def test_missing_torch_is_fatal(tmp_path, machine, monkeypatch, capsys):
     assert code == 2 and data == {}
     assert "error: torch not installed" in capsys.readouterr().err
     assert machine["pip_calls"] == []
+
+
+def test_family_installs_its_requirements_through_the_pinned_pip(tmp_path, machine, monkeypatch):
+    extras = tmp_path / "requirements"
+    extras.mkdir()
+    (extras / "fam.txt").write_text("# --family fam\naetune-not-a-real-extra>=1.0  # its runtime extra\n")
+    monkeypatch.setattr(step1, "FAMILY_REQUIREMENTS", extras)
+    code, data = run(tmp_path, machine, "--family", "fam")
+    (args,) = machine["pip_calls"]
+    assert args[0] == "install" and "-c" in args and args[-1] == "aetune-not-a-real-extra>=1.0"
+    assert {r["requirement"] for r in data["requirements"]} == {
+        "torch>=1.0",
+        "numpy>=1.0",
+        "aetune-not-a-real-extra>=1.0",
+    }
+    assert data["families"] == ["fam"]
+    machine["pip_calls"].clear()
+    code, data = run(tmp_path, machine, "--family", "vavae")  # covered by requirements.txt: nothing extra
+    assert code == 0 and machine["pip_calls"] == [] and len(data["requirements"]) == 2
+
+
+def test_unknown_family_is_one_line_listing_the_valid_ones(tmp_path, machine, monkeypatch, capsys):
+    extras = tmp_path / "requirements"
+    extras.mkdir()
+    for name in ("rae", "taesd", "kl3d"):
+        (extras / f"{name}.txt").write_text("numpy>=1.0\n")
+    monkeypatch.setattr(step1, "FAMILY_REQUIREMENTS", extras)
+    code, data = run(tmp_path, machine, "--family", "tasd")
+    err = capsys.readouterr().err
+    assert code == 2 and data == {} and machine["pip_calls"] == []
+    assert err.count("\n") == 1 and err.startswith("error: unknown family 'tasd' (did you mean 'taesd'?)")
+    assert err.rstrip().endswith("are kl, kl3d, rae, taesd, vavae")
+    assert not (tmp_path / "work").exists()  # nothing written before the flags are known good
+
+
+def test_the_real_requirements_folder_names_real_families():
+    for path in step1.FAMILY_REQUIREMENTS.glob("*.txt"):
+        assert env.family_requirements(path.stem, step1.FAMILY_REQUIREMENTS) == path
+        assert all(r.name for r in env.check_requirements(path))  # every line parses
+
+
+def test_config_prints_the_disk_plan(tmp_path, machine, capsys):
+    code, data = run(tmp_path, machine, "--config", "vavae", "--stages", "1,2")
+    plan = data["disk_plan"]
+    assert code == 0 and plan["stages"] == ["1", "2"]
+    assert plan["needed_bytes"] == sum(i["bytes"] for i in plan["items"] if not i["exists"])
+    whats = [i["what"] for i in plan["items"]]
+    assert whats[:3] == [
+        "stage 1: 3 weights-only files (pruned)",
+        "stage 2: last.ckpt (weights + Adam state, to resume)",
+        "stage 2: 2 best checkpoints (weights only)",
+    ]
+    assert "weights vavae (models/)" in whats and plan["weights_counted"] is True
+    out = capsys.readouterr().out
+    assert "disk plan  vavae, stages 1,2, in " in out and " free: fits" in out
+    _, elsewhere = run(tmp_path, machine, "--config", "vavae", "--models_dir", str(tmp_path / "tmp_models"))
+    assert elsewhere["disk_plan"]["weights_counted"] is False
+    assert not any(i["what"].startswith("weights") for i in elsewhere["disk_plan"]["items"])
+
+
+def test_a_plan_that_does_not_fit_fails_early(tmp_path, machine, monkeypatch, capsys):
+    monkeypatch.setattr(env, "disk_facts", lambda *a, **k: {"path": "x", "free_gb": 2.0})
+    code, data = run(tmp_path, machine, "--config", "vavae")
+    err = capsys.readouterr().err
+    assert code == 2
+    line = next(e for e in data["errors"] if e.startswith("the run needs"))
+    assert "\n" not in line and "but 2.00 GB are free" in line and "--models_dir /tmp" in line
+    assert f"error: {line}\n" in err
+    code, _ = run(tmp_path, machine, "--config", "demo")  # the CPU demo fits in 2 GB
+    assert code == 0
+
+
+def test_unknown_stage_and_bad_set_are_one_line(tmp_path, machine, capsys):
+    code, data = run(tmp_path, machine, "--config", "vavae", "--stages", "7")
+    assert code == 2 and data == {} and "error: --stages 7: stage(s) 7 not in the plan" in capsys.readouterr().err
+    code, data = run(tmp_path, machine, "--config", "vavae", "--set", "data.image_sise=64")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "image_size" in err and data == {}
+
+
+def test_flags_are_checked_without_torch(tmp_path):
+    """On a machine without torch, step 1 still validates --family / --config / --stages and says what to install."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # `import torch` raises ImportError
+        "import step1_setup_environment as step1\n"
+        "from aetune import env\n"
+        "real = env._version; env._version = lambda n: None if n in ('torch', 'torchvision') else real(n)\n"
+        "from aetune.cli import run_main\n"
+        f"work = {str(tmp_path / 'work')!r}\n"
+        "print(run_main(step1.main, step1.parse_args(['--output_dir', work, '--family', 'nope'])))\n"
+        "print(run_main(step1.main, step1.parse_args(['--output_dir', work, '--config', 'vavae', '--stages', '1'])))\n"
+        "from aetune.config import load_config; from aetune import disk_budget as db\n"
+        "cfg = load_config('vavae'); cfg.model.freeze_encoder_levels = 0\n"
+        "table = db.project_run(db.FULL_SIZE['vavae'], ['1'], db.weight_items(cfg, step1.Path(work)))\n"
+        "print(db.project_config(cfg, ['1'], step1.Path(work)).needed == table.needed > 6 * 2**30)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(step1.__file__).parent)
+    assert res.stdout.split() == ["2", "2", "True"], res.stderr
+    errors = res.stderr.splitlines()
+    assert len(errors) == 2 and errors[0].startswith("error: unknown family 'nope'")
+    assert errors[1].startswith("error: torch and torchvision not installed")
