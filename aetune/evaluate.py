@@ -23,7 +23,7 @@ from aetune import metrics
 from aetune.data.cache import CachedImages, build_file_cache, load_images, to_model_range
 from aetune.data.prepared import PreparedData
 from aetune.errors import AetuneError
-from aetune.hub import WeightsUnavailable
+from aetune.hub import WeightCorrupt, WeightsUnavailable
 from aetune.latent_stats import LatentStatistics, LatentStatsAccumulator
 from aetune.models.base import Autoencoder
 
@@ -205,11 +205,13 @@ class Evaluator:
             return np.concatenate([self._images("train"), self._images("val")])
         if not self.prepared.split(split):
             return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+        progress = self.options.get("progress", True)
         if self.cache_mode == "file":
-            build_file_cache(self.prepared, split, self.image_size, self.work_dir)
-        return load_images(self.prepared, split, self.image_size, self.cache_mode, self.work_dir)
+            build_file_cache(self.prepared, split, self.image_size, self.work_dir, progress=progress)
+        return load_images(self.prepared, split, self.image_size, self.cache_mode, self.work_dir, progress=progress)
 
-    def _dataset(self, split: str) -> CachedImages:
+    def dataset(self, split: str) -> CachedImages:
+        """The ``split`` images as training saw them (same resize, no augmentation), in ``prepared.split`` order."""
         return CachedImages(self._images(split), [s.label for s in self.prepared.split(split)])
 
     def encoded(self, split: str) -> SplitResult | None:
@@ -218,7 +220,7 @@ class Evaluator:
             return self._evaluated[split]
         if split not in self._encoded and self.prepared.split(split):
             self._encoded[split] = evaluate_split(
-                self.model, self._dataset(split), reconstruct=False, desc=f"encoding {split}", **self.options
+                self.model, self.dataset(split), reconstruct=False, desc=f"encoding {split}", **self.options
             )
         return self._encoded.get(split)
 
@@ -233,7 +235,7 @@ class Evaluator:
             raise AetuneError(f"the {split} split has no images: choose another --split")
         if split not in self._evaluated:
             self._evaluated[split] = evaluate_split(
-                self.model, self._dataset(split), lpips_model=self.lpips_model, features=self.features,
+                self.model, self.dataset(split), lpips_model=self.lpips_model, features=self.features,
                 keep_examples=pick_examples([s.label for s in samples]), desc=f"evaluating {split}", **self.options,
             )  # fmt: skip
         return self._evaluated[split]
@@ -274,8 +276,38 @@ def report_lpips(meta: dict[str, Any]) -> tuple[nn.Module | None, str | None]:
 
 
 def inception_features(weights: str | None, device: torch.device) -> tuple[nn.Module | None, str | None]:
-    """The FID Inception extractor on ``device``, or None with the reason (missing weights file)."""
+    """The FID Inception extractor on ``device``, or None with the reason (missing or corrupt weights file)."""
     try:
         return metrics.InceptionFeatureExtractor(weights).to(device), None
     except WeightsUnavailable as e:
         return None, f"unavailable: {e}"
+    except WeightCorrupt as e:  # the rest of the report is still worth writing; the table says why rFID is missing
+        log.warning("WARNING: %s", e)
+        return None, f"unavailable: {e}"
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``--device`` as a torch device; None picks CUDA when it is available, else the CPU.
+
+    Raises:
+        AetuneError: not a device name, or a CUDA device this machine does not have.
+    """
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise AetuneError(f"--device {name} is not a device name: use cpu, cuda or cuda:N") from e
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise AetuneError(
+                f"--device {name}: no CUDA GPU is visible here (torch {torch.__version__}, {build}): "
+                "use --device cpu, or leave --device out"
+            )
+        if device.index is not None and device.index >= count:
+            raise AetuneError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise AetuneError(f"--device {name}: only cpu and cuda devices are supported")
+    return device

@@ -15,7 +15,9 @@ matplotlib.use("Agg")  # files only: no display on Kaggle or CI
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
+from aetune import metrics  # noqa: E402
 from aetune.evaluate import SplitResult  # noqa: E402
 from aetune.io import atomic_path  # noqa: E402
 from aetune.report import THRESHOLDS, figure_title, latent_title  # noqa: E402
@@ -52,8 +54,7 @@ def plot_reconstructions(
     vmax = max(float(e.max()) for e in errors) or 1.0  # one colour scale for every row: rows compare
     fig, axes = plt.subplots(len(examples), 3, figsize=(9.6, 3.1 * len(examples)), squeeze=False, layout="constrained")
     for row, ((user, orig, rec), err) in enumerate(zip(examples, errors, strict=True)):
-        mse = float(np.mean((orig - rec) ** 2))
-        psnr = 10 * math.log10(1.0 / mse) if mse > 0 else math.inf
+        psnr = float(metrics.psnr(torch.from_numpy(orig)[None], torch.from_numpy(rec)[None])[0])
         panels = [
             (_image(orig), f"{user}: original", {}),
             (_image(rec), f"reconstruction, PSNR {psnr:.2f} dB", {}),
@@ -250,12 +251,14 @@ def write_figures(
     meta: dict[str, Any],
     split: str,
     work_dir: str | Path,
+    out_dir: str | Path,
 ) -> list[Path]:
-    """Draw the three figures into ``<work_dir>/results``; return the files written.
+    """Draw the three figures into ``out_dir`` (step 5's results being built); return the files written.
 
-    ``training_curves.png`` is skipped (and said so) when no stage has logged numbers yet.
+    ``training_curves.png`` (from ``<work_dir>/checkpoints``) is skipped, and said so, when no stage has
+    logged numbers yet.
     """
-    out = Path(work_dir) / "results"
+    out = Path(out_dir)
     title = figure_title(meta, split)
     users = {label: user for user, label in labels.items()}
     examples = [(users[int(evaluated.labels[i])], *evaluated.examples[i]) for i in sorted(evaluated.examples)]

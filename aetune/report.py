@@ -41,9 +41,12 @@ class Threshold:
         return v > self.value if self.op == ">" else v < self.value
 
 
+PSNR_MINIMUM, PSNR_GOOD = 25.0, 30.0
+"""The seed's PSNR bars (dB, RGB in [0, 1]); also the fine-tuning advice's boundaries."""
+
 THRESHOLDS = (
-    Threshold("PSNR > 25 dB (minimum)", "psnr", ">", 25.0),
-    Threshold("PSNR > 30 dB (good)", "psnr", ">", 30.0),
+    Threshold(f"PSNR > {PSNR_MINIMUM:g} dB (minimum)", "psnr", ">", PSNR_MINIMUM),
+    Threshold(f"PSNR > {PSNR_GOOD:g} dB (good)", "psnr", ">", PSNR_GOOD),
     Threshold("LPIPS < 0.1 (good)", "lpips", "<", 0.1),
     Threshold("MSE < 0.01 (excellent)", "mse", "<", 0.01),
 )
@@ -57,6 +60,8 @@ DEFINITIONS = {
     "lpips": "LPIPS-VGG distance per image, averaged over images (lower is better)",
     "rfid": "Frechet distance between Inception-v3 pool features of originals and reconstructions over the "
     "split (biased upwards for a few hundred images: compare runs on the same split)",
+    "rfid_num_images": "images the rFID covariances were estimated from",
+    "rfid_note": "whether that is fewer than the 2048 feature dimensions (rank-deficient covariances)",
     "final_score": "PSNR + 10 * SSIM - 5 * LPIPS (the seed's single number)",
 }
 
@@ -104,7 +109,7 @@ def quality_report(
         labels: (N,) user label of each image.
         label_names: user name -> label (``data/labels.json``).
         unavailable: per-image metric -> reason it could not be computed (LPIPS without weights).
-        split_level: metrics of the whole split only (rFID), added to the overall summary.
+        split_level: metrics of the whole split only (``rfid_report``), added to the overall summary.
 
     Returns:
         {"overall": summary, "checks": {threshold: passed}, "per_user": {user: summary + checks}}.
@@ -120,13 +125,60 @@ def quality_report(
     return {"overall": overall, "checks": check_thresholds(overall), "per_user": per_user}
 
 
-def rfid_metric(evaluated: SplitResult, unavailable: str | None) -> Metric:
-    """rFID of an evaluated split, or why there is none (``unavailable`` when no features were taken)."""
+def rfid_report(evaluated: SplitResult, unavailable: str | None) -> dict[str, Metric | int]:
+    """rFID of an evaluated split with the number of images and whether it is below the feature dimension.
+
+    Returns:
+        ``{"rfid": value, "rfid_num_images": N, "rfid_note": ...}``, or ``{"rfid": "unavailable: ..."}``
+        (``unavailable`` when no features were taken).
+    """
     if evaluated.real_features is None or evaluated.fake_features is None:
-        return unavailable or "unavailable: no Inception features were computed"
-    if len(evaluated.labels) < 2:
-        return "unavailable: rFID needs at least 2 images"
-    return metrics.rfid(evaluated.real_features, evaluated.fake_features)
+        return {"rfid": unavailable or "unavailable: no Inception features were computed"}
+    n, dim = evaluated.real_features.shape
+    if n < 2:
+        return {"rfid": "unavailable: rFID needs at least 2 images"}
+    if n < dim:
+        note = (
+            f"{n} images, fewer than the {dim} feature dimensions: the covariances are rank-deficient (rank <= "
+            f"{n - 1}), so rFID is biased upwards; compare it only between runs on these same images"
+        )
+    else:
+        note = f"{n} images (at least the {dim} feature dimensions)"
+    rfid = metrics.rfid(evaluated.real_features, evaluated.fake_features)
+    return {"rfid": rfid, "rfid_num_images": n, "rfid_note": note}
+
+
+FINE_TUNING_ADVICE = {
+    "skip fine-tuning": (
+        f"PSNR >= {PSNR_GOOD:g} dB: the released model already reconstructs these images well; use it as it is "
+        "(step 5 --checkpoint pretrained --export --export_latents) and spend the GPU time on the DiT"
+    ),
+    "light fine-tuning": (
+        f"{PSNR_MINIMUM:g} dB <= PSNR < {PSNR_GOOD:g} dB: adapt the decoder and the last encoder levels, keep the "
+        "early, DINOv2-aligned levels frozen (step 4 with --set model.freeze_encoder_levels=4)"
+    ),
+    "deep fine-tuning": (
+        f"PSNR < {PSNR_MINIMUM:g} dB: these images are far from what the model saw; train every level through "
+        "all three stages (step 4 with --set model.freeze_encoder_levels=0)"
+    ),
+}
+"""What to do after measuring the released model (the seed's decision tree; docs/dit_handoff.md says why)."""
+
+
+def fine_tuning_advice(summary: dict[str, Metric]) -> dict[str, str]:
+    """``{"advice": one of FINE_TUNING_ADVICE, "reason": ...}`` from the overall PSNR of the released model."""
+    psnr = summary.get("psnr")
+    if not isinstance(psnr, float):
+        return {"advice": "unavailable", "reason": f"no PSNR: {psnr}"}
+    advice = (
+        "skip fine-tuning" if psnr >= PSNR_GOOD else "light fine-tuning" if psnr >= PSNR_MINIMUM else "deep fine-tuning"
+    )
+    return {"advice": advice, "psnr": f"{psnr:.2f} dB", "reason": FINE_TUNING_ADVICE[advice]}
+
+
+def format_advice(advice: dict[str, str]) -> str:
+    """One line: ``advice: light fine-tuning (PSNR 27.10 dB): <reason>``."""
+    return f"advice: {advice['advice']} (PSNR {advice.get('psnr', 'n/a')}): {advice['reason']}"
 
 
 def latent_space_report(
@@ -266,7 +318,9 @@ def format_table(report: dict[str, Any]) -> str:
         value = overall.get(t.metric)
         shown = _cell(value, t.metric) if isinstance(value, float) else str(value)
         out.append(f"{_mark(report['checks'][t.name]):>4}  {t.name}: {shown}")
-    for key in ("rfid", "final_score"):
-        value = overall.get(key)
-        out.append(f"      {key}: {_cell(value, key) if isinstance(value, float) else value}")
+    rfid = overall.get("rfid")
+    note = f" ({overall['rfid_note']})" if "rfid_note" in overall else ""
+    out.append(f"      rfid: {_cell(rfid, 'rfid') if isinstance(rfid, float) else rfid}{note}")
+    score = overall.get("final_score")
+    out.append(f"      final_score: {_cell(score, 'final_score') if isinstance(score, float) else score}")
     return "\n".join(out)

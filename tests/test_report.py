@@ -174,7 +174,7 @@ def test_smoothing_keeps_length_and_constant() -> None:
     assert not math.isnan(float(figures._smooth(np.arange(500.0)).mean()))
 
 
-def test_rfid_metric_matches_a_scipy_reference() -> None:
+def test_rfid_report_matches_a_scipy_reference_and_counts_images() -> None:
     from scipy import linalg
 
     rng = np.random.default_rng(2)
@@ -185,9 +185,36 @@ def test_rfid_metric_matches_a_scipy_reference() -> None:
     mu1, mu2 = real.mean(0), fake.mean(0)
     s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
     ref = float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real))
-    assert report.rfid_metric(res, None) == pytest.approx(ref, rel=1e-6)
+    full = report.rfid_report(res, None)
+    assert full["rfid"] == pytest.approx(ref, rel=1e-6)
+    assert full["rfid_num_images"] == 60 and "rank-deficient" not in full["rfid_note"]  # 60 images >= 8 dims
+    few = _result(rng.normal(size=(5, 4)), np.arange(5) % 2)
+    few.real_features, few.fake_features = real[:5], fake[:5]  # 5 images, 8 feature dimensions
+    small = report.rfid_report(few, None)
+    assert small["rfid_num_images"] == 5 and isinstance(small["rfid"], float)
+    assert "fewer than the 8 feature dimensions" in small["rfid_note"] and "rank <= 4" in small["rfid_note"]
     no_features = _result(rng.normal(size=(5, 4)), np.arange(5) % 2)
-    assert report.rfid_metric(no_features, "unavailable: weights missing") == "unavailable: weights missing"
+    assert report.rfid_report(no_features, "unavailable: weights missing") == {"rfid": "unavailable: weights missing"}
     one = _result(rng.normal(size=(2, 4)), np.array([0, 1]))
     one.labels, one.real_features, one.fake_features = one.labels[:1], real[:1], fake[:1]
-    assert report.rfid_metric(one, None) == "unavailable: rFID needs at least 2 images"
+    assert report.rfid_report(one, None) == {"rfid": "unavailable: rFID needs at least 2 images"}
+
+
+def test_rfid_note_is_printed_beside_the_value() -> None:
+    per_image = {"mse": np.array([0.01, 0.02]), "psnr": np.array([20.0, 22.0])}
+    rfid = {"rfid": 12.5, "rfid_num_images": 2, "rfid_note": "2 images, fewer than the 2048 feature dimensions"}
+    quality = report.quality_report(per_image, np.array([0, 1]), {"a": 0, "b": 1}, {}, rfid)
+    line = next(x for x in report.format_table(quality).splitlines() if "rfid" in x)
+    assert "12.50" in line and "2 images, fewer than the 2048 feature dimensions" in line
+
+
+@pytest.mark.parametrize(
+    ("psnr", "advice"),
+    [(31.0, "skip fine-tuning"), (30.0, "skip fine-tuning"), (29.9, "light fine-tuning"), (25.0, "light fine-tuning"),
+     (24.9, "deep fine-tuning")],
+)  # fmt: skip
+def test_fine_tuning_advice_by_psnr(psnr: float, advice: str) -> None:
+    got = report.fine_tuning_advice({"psnr": psnr})
+    assert got["advice"] == advice and got["reason"] == report.FINE_TUNING_ADVICE[advice]
+    assert report.format_advice(got).startswith(f"advice: {advice} (PSNR {psnr:.2f} dB)")
+    assert report.fine_tuning_advice({"psnr": "unavailable: x"})["advice"] == "unavailable"

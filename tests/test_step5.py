@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -11,11 +12,12 @@ import pytest
 import torch
 
 import step5_validate_export as step5
+from aetune import figures, hub, metrics, report, result_set
 from aetune.cli import run_main
 from aetune.config import load_config
 from aetune.data.prepare import prepare_dataset
 from aetune.export import load_encoder
-from aetune.models import create_autoencoder, get_family
+from aetune.models import create_autoencoder, get_family, lightningdit_state_dict
 from aetune.train.plan import RunState
 from tests.conftest import make_user_folders
 
@@ -23,17 +25,24 @@ REPO = Path(__file__).resolve().parent.parent
 USERS = {"ID_1": 5, "ID_2": 5, "ID_10": 5}
 
 
+def _n(work: Path, split: str) -> int:
+    """Images step 3 put in ``split`` (15 in all; how many land in val is step 3's rule, not ours)."""
+    return len(json.loads((work / "data" / "split.json").read_text())[split])
+
+
 def _run(args: list[str]) -> int:
     return run_main(step5.main, step5.parse_args(["--no_progress", "--batch_size", "4", *args]))
 
 
-def _write_final(work: Path, family: str = "vavae", seed: int = 0, name: str | None = None) -> Path:
+def _write_final(
+    work: Path, family: str = "vavae", seed: int = 0, name: str | None = None, labels: dict[str, int] | None = None
+) -> Path:
     """A final model in step 4's format, from a tiny model and the demo preset (random teacher, no LPIPS)."""
     torch.manual_seed(seed)
     args = get_family(family).tiny
     model = create_autoencoder(family, **args)
     cfg = load_config("demo", [f"model.family={family}", "data.image_size=32", "data.cache=ram"])
-    labels = json.loads((work / "data" / "labels.json").read_text())
+    labels = labels or json.loads((work / "data" / "labels.json").read_text())
     path = work / "checkpoints" / (name or f"{family}_toy_final.pt")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
@@ -75,12 +84,17 @@ def test_all_writes_every_output(work: Path, capsys: pytest.CaptureFixture[str])
     expected = {
         "metrics.json", "reconstruction_results.png", "latent_users.png", "training_curves.png",
         "latent_statistics.json", "latents_stats.pt", "vavae_encoder_for_dit.pt", "vavae_toy_lightningdit.pt",
+        "latents",
     }  # fmt: skip
     assert {p.name for p in res.iterdir()} == expected  # and no temporary files left behind
+    assert sorted(p.name for p in work.iterdir() if p.name.startswith(".")) == []  # no staging folder either
+    assert sorted(p.name for p in (res / "latents").iterdir()) == [
+        "latents_index.json", "latents_rank00_shard000.safetensors", "latents_stats.pt",
+    ]  # fmt: skip
 
     m = json.loads((res / "metrics.json").read_text())
     assert m["random_teacher"] is True and any("RANDOM TEACHER" in w for w in m["warnings"])
-    assert m["split"] == "val" and m["num_images"] == 6 and set(m["per_user"]) == set(USERS)
+    assert m["split"] == "val" and m["num_images"] == _n(work, "val") and set(m["per_user"]) == set(USERS)
     assert isinstance(m["overall"]["psnr"], float) and isinstance(m["overall"]["ssim_y"], float)
     assert m["overall"]["lpips"].startswith("unavailable: this run trained without pretrained LPIPS")
     assert m["overall"]["rfid"].startswith("unavailable:") and "pt_inception" in m["overall"]["rfid"]
@@ -90,7 +104,7 @@ def test_all_writes_every_output(work: Path, capsys: pytest.CaptureFixture[str])
     assert -1.0 <= m["latent_space"]["silhouette"] <= 1.0
 
     stats = json.loads((res / "latent_statistics.json").read_text())
-    assert stats["split"] == "train" and stats["num_images"] == 9 and stats["source"] == "mode"
+    assert stats["split"] == "train" and stats["num_images"] == _n(work, "train") and stats["source"] == "mode"
     lightningdit = torch.load(res / "latents_stats.pt", weights_only=True)
     channels = create_autoencoder("vavae", **get_family("vavae").tiny).latent_channels
     assert lightningdit["std"].shape == (1, channels, 1, 1)
@@ -117,7 +131,7 @@ def test_parts_and_consistent_rerun(work: Path) -> None:
     res = work / "results"
     assert {p.name for p in res.iterdir()} == {"latent_statistics.json", "latents_stats.pt"}
     first = (res / "latent_statistics.json").read_text()
-    assert _run(["--output_dir", str(work), "--latent_stats", "--split", "all"]) == 0
+    assert _run(["--output_dir", str(work), "--latent_stats", "--stats_split", "all"]) == 0
     assert json.loads((res / "latent_statistics.json").read_text())["num_images"] == 15
     assert _run(["--output_dir", str(work), "--latent_stats"]) == 0
     assert (res / "latent_statistics.json").read_text() == first
@@ -151,9 +165,8 @@ def test_errors_write_nothing(work: Path, capsys: pytest.CaptureFixture[str]) ->
     assert _run(["--output_dir", str(work), "--all"]) == 2
     assert "holds a 'vavae' autoencoder, not 'kl'" in _one_error_line(capsys)
     (work / "checkpoints" / "run_state.json").unlink()
-    labels_file = work / "data" / "labels.json"
-    labels_file.write_text(json.dumps({"ID_1": 0, "ID_2": 1, "ID_3": 2}))  # another dataset's users
-    assert _run(["--output_dir", str(work), "--all"]) == 2
+    other = _write_final(work, name="vavae_other_final.pt", labels={"ID_1": 0, "ID_2": 1, "ID_3": 2})  # other users
+    assert _run(["--output_dir", str(work), "--all", "--checkpoint", str(other)]) == 2
     assert "trained on 3 users" in _one_error_line(capsys)
     assert _run(["--output_dir", str(work), "--all", "--batch_size", "0"]) == 2
     assert not (work / "results").exists()
@@ -169,5 +182,177 @@ def test_help_runs_without_torch_work() -> None:
     out = subprocess.run(
         [sys.executable, str(REPO / "step5_validate_export.py"), "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for flag in ("--checkpoint", "--all", "--metrics", "--figures", "--latent_stats", "--export", "--split"):
+    flags = (
+        "--checkpoint",
+        "--all",
+        "--metrics",
+        "--figures",
+        "--latent_stats",
+        "--export",
+        "--split",
+        "--stats_split",
+    )
+    for flag in (*flags, "--export_latents", "--export_source"):
         assert flag in out
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _hidden(work: Path) -> list[str]:
+    return sorted(p.name for p in work.iterdir() if p.name.startswith("."))
+
+
+def test_disk_full_half_way_leaves_the_previous_results(
+    work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parts = ["--metrics", "--figures", "--latent_stats"]
+    assert _run(["--output_dir", str(work), *parts]) == 0
+    before = _tree(work / "results")
+    _write_final(work, seed=1, name="vavae_toy2_final.pt")  # another model: every number would change
+
+    def disk_full(fig: object, path: Path) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(figures, "save_figure", disk_full)  # after metrics.json was written into the set
+    assert _run(["--output_dir", str(work), *parts]) == 2
+    assert "disk full" in _one_error_line(capsys)
+    assert _tree(work / "results") == before and _hidden(work) == []
+    (work / ".results.staging-killed").mkdir()  # what a killed run leaves
+    monkeypatch.undo()
+    assert _run(["--output_dir", str(work), "--metrics"]) == 0
+    assert _hidden(work) == [] and _tree(work / "results") != before
+    m = json.loads((work / "results" / "metrics.json").read_text())
+    assert m["checkpoint"].endswith("vavae_toy2_final.pt")
+    assert (work / "results" / "latents_stats.pt").read_bytes() == before["latents_stats.pt"]  # other parts kept
+
+
+def test_metric_split_and_statistics_split_are_separate(work: Path) -> None:
+    assert _run(["--output_dir", str(work), "--metrics", "--latent_stats", "--split", "all"]) == 0
+    res = work / "results"
+    assert json.loads((res / "metrics.json").read_text())["num_images"] == _n(work, "train") + _n(work, "val")
+    stats = json.loads((res / "latent_statistics.json").read_text())
+    assert stats["split"] == "train" and stats["num_images"] == _n(
+        work, "train"
+    )  # statistics stay on the training split
+    assert _run(["--output_dir", str(work), "--latent_stats", "--stats_split", "val"]) == 0
+    assert json.loads((res / "latent_statistics.json").read_text())["num_images"] == _n(work, "val")
+
+
+@pytest.mark.slow
+def test_rfid_counts_images(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weights = work / "inception.pth"
+    torch.manual_seed(0)
+    net = metrics.InceptionFeatureExtractor(random_weights=True).net
+    state = {**net.state_dict(), "fc.weight": torch.zeros(1008, 2048), "fc.bias": torch.zeros(1008)}
+    torch.save(state, weights)
+    assert _run(["--output_dir", str(work), "--metrics", "--inception_weights", str(weights)]) == 0
+    overall = json.loads((work / "results" / "metrics.json").read_text())["overall"]
+    assert isinstance(overall["rfid"], float) and overall["rfid_num_images"] == _n(work, "val")
+    assert "fewer than the 2048 feature dimensions" in overall["rfid_note"]
+    assert f"{_n(work, 'val')} images, fewer than the 2048" in capsys.readouterr().out  # beside the value
+
+
+def test_corrupt_inception_weights_leave_the_rest_of_the_report(work: Path) -> None:
+    weights = work / "inception.pth"
+    weights.write_bytes(b"<html>a login page, not weights</html>")
+    assert _run(["--output_dir", str(work), "--metrics", "--figures", "--inception_weights", str(weights)]) == 0
+    m = json.loads((work / "results" / "metrics.json").read_text())
+    assert m["overall"]["rfid"].startswith("unavailable:") and str(weights) in m["overall"]["rfid"]
+    assert isinstance(m["overall"]["psnr"], float) and (work / "results" / "reconstruction_results.png").is_file()
+
+
+def test_missing_device_is_one_error_line(
+    work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _run(["--output_dir", str(work), "--device", "cuda"]) == 2
+    assert "--device cuda: no CUDA GPU is visible here" in _one_error_line(capsys)
+    assert _run(["--output_dir", str(work), "--device", "cuda:1"]) == 2
+    assert "no CUDA GPU" in _one_error_line(capsys)
+    assert _run(["--output_dir", str(work), "--device", "banana"]) == 2
+    assert "is not a device name" in _one_error_line(capsys)
+    assert not (work / "results").exists()
+
+
+def test_unwritable_results_is_one_error_line(
+    work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (work / "results").write_text("a file where the folder goes")
+    assert _run(["--output_dir", str(work), "--latent_stats"]) == 2
+    assert "is a file, not a folder" in _one_error_line(capsys)
+    assert (work / "results").read_text() == "a file where the folder goes"
+    (work / "results").unlink()
+    assert _run(["--output_dir", str(work), "--latent_stats"]) == 0
+    before = _tree(work / "results")
+
+    def read_only(*args: object, **kwargs: object) -> str:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(result_set.tempfile, "mkdtemp", read_only)  # running as root, chmod would not stop us
+    assert _run(["--output_dir", str(work), "--latent_stats"]) == 2
+    assert "Read-only file system" in _one_error_line(capsys)
+    assert _tree(work / "results") == before
+
+
+def _release(work: Path, tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+    """A tiny VA-VAE saved in the released checkpoint's layout, recorded by 'step 2' in models/manifest.json."""
+    torch.manual_seed(3)
+    model = create_autoencoder("vavae", **get_family("vavae").tiny).eval()
+    state = {
+        **lightningdit_state_dict(model),
+        "loss.discriminator.main.0.weight": torch.zeros(1),
+        "foundation_model.cls_token": torch.zeros(1),
+        "loss.perceptual_loss.net.0.weight": torch.zeros(1),
+    }
+    path = work / "models" / hub.get_spec("vavae").filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state}, path)
+    hub.manifest_file(work).write_text(json.dumps({"vavae": hub.verify_file(path, hub.get_spec("vavae"))}))
+    preset = tmp_path / "tiny_vavae.yaml"
+    preset.write_text(json.dumps({"data": {"image_size": 32}, "model": {"args": get_family("vavae").tiny}}))
+    return preset, model
+
+
+def test_pretrained_model_is_measured_with_the_advice(
+    work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(["--output_dir", str(work), "--checkpoint", "pretrained"]) == 2  # step 2 has not fetched it
+    assert "vavae" in _one_error_line(capsys)
+    preset, model = _release(work, tmp_path)
+    args = ["--output_dir", str(work), "--checkpoint", "pretrained", "--config", str(preset)]
+    assert _run([*args, "--metrics", "--export"]) == 0
+    m = json.loads((work / "results" / "metrics.json").read_text())
+    assert m["stage"] == "pretrained" and m["random_teacher"] is False and m["num_images"] == _n(work, "val")
+    assert m["checkpoint"] == str(work / "models" / hub.get_spec("vavae").filename)
+    psnr = m["overall"]["psnr"]
+    expected = "skip fine-tuning" if psnr >= 30 else "light fine-tuning" if psnr >= 25 else "deep fine-tuning"
+    assert m["advice"]["advice"] == expected and m["advice"]["reason"] == report.FINE_TUNING_ADVICE[expected]
+    assert m["overall"]["lpips"].startswith("unavailable:")  # the released model has LPIPS; this machine lacks VGG
+    out = capsys.readouterr().out
+    assert f"advice: {expected}" in out
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        encoder = load_encoder(work / "results" / "vavae_encoder_for_dit.pt")
+        assert torch.equal(encoder.encode(x), model.encode(x).latents)  # the released weights, not random ones
+
+    assert _run(["--output_dir", str(work), "--config", str(preset)]) == 2  # a trained checkpoint has its config
+    assert "apply only to --checkpoint pretrained" in _one_error_line(capsys)
+
+
+def test_export_latents_in_lightningdit_format(work: Path) -> None:
+    assert _run(["--output_dir", str(work), "--export_latents", "--export_source", "mode"]) == 0
+    folder = work / "results" / "latents"
+    from safetensors import safe_open
+
+    with safe_open(folder / "latents_rank00_shard000.safetensors", "pt") as f:
+        latents, flips, labels = (f.get_tensor(k) for k in ("latents", "latents_flip", "labels"))
+    index = json.loads((folder / "latents_index.json").read_text())
+    assert latents.shape[0] == _n(work, "train") + _n(work, "val") and torch.equal(
+        latents, flips
+    )  # mode: no flip, the same latent
+    assert labels.tolist() == [r["label"] for r in index["images"]]
+    assert [r["split"] for r in index["images"]] == ["train"] * _n(work, "train") + ["val"] * _n(work, "val")
+    stats = torch.load(folder / "latents_stats.pt", weights_only=True)
+    torch.testing.assert_close(stats["std"], latents.std(dim=[0, 2, 3], keepdim=True), rtol=1e-5, atol=1e-6)
