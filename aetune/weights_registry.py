@@ -126,6 +126,34 @@ REGISTRY: tuple[WeightSpec, ...] = (
         target=TORCH_HUB,
         default=False,
     ),
+    WeightSpec(
+        name="taesd_encoder",
+        filename="taesd_encoder.pth",
+        description="TAESD encoder (SD 1.x/2.x latents, f8, 4 channels): --family taesd start weights, "
+        "with taesd_decoder (aetune.models.tiny_loading)",
+        licence="MIT (madebyollin/taesd)",
+        approx_gb=0.0049,  # 1.22 M float32 parameters
+        url="https://github.com/madebyollin/taesd/raw/main/taesd_encoder.pth",
+        default=False,
+    ),
+    WeightSpec(
+        name="taesd_decoder",
+        filename="taesd_decoder.pth",
+        description="TAESD decoder (SD 1.x/2.x latents, f8, 4 channels): a released tiny decoder to start from",
+        licence="MIT (madebyollin/taesd)",
+        approx_gb=0.0049,  # 1.22 M float32 parameters
+        url="https://github.com/madebyollin/taesd/raw/main/taesd_decoder.pth",
+        default=False,
+    ),
+    WeightSpec(
+        name="taehv",
+        filename="taehv.pth",
+        description="TAEHV (HunyuanVideo latents, f8, 16 channels, time x4): --family taehv start weights",
+        licence="MIT per the madebyollin/taehv README family (LICENSE file not verified)",
+        approx_gb=0.0227,  # 11.3 M parameters in float16
+        url="https://github.com/madebyollin/taehv/raw/main/taehv.pth",
+        default=False,
+    ),
 )
 
 TEACHER_WEIGHTS = {"vit_large_patch14_dinov2.lvd142m": "dinov2_vitl14"}
