@@ -5,7 +5,8 @@ the previous ``results/`` complete. ``staged_folder`` builds the new set in ``.r
 it, starting from hard links of the previous files (parts not re-made this run stay, at no disk cost), and
 on success renames the old folder to ``.results.previous-*``, the new one to ``results`` and deletes the
 old. Between those two renames there is no ``results/``: the next start finds the previous folder and puts
-it back. Leftover staging folders of a killed run are deleted at the next start.
+it back. Leftover staging folders of a killed run are deleted at the next start, and temporary files of
+a killed single-file write (``aetune.io``'s ``.<name>.*.tmp``) are not carried into the new set.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def _carry(src: Path, dest: Path) -> list[str]:
     kept = []
     for f in sorted(src.rglob("*")):
         if not f.is_file():
+            continue
+        if f.name.startswith(".") and f.name.endswith(".tmp"):  # aetune.io's temp file of a killed write
+            log.info("dropping %s, left by an interrupted write", f)
             continue
         rel = f.relative_to(src)
         target = dest / rel

@@ -72,8 +72,11 @@ def test_stale_folders_of_a_killed_run_are_cleaned_or_restored(results: Path) ->
     parent = results.parent
     (parent / ".results.staging-dead").mkdir()
     (parent / ".results.staging-dead" / "metrics.json").write_text("half")
-    with result_set.staged_folder(results):
+    (results / ".metrics.json.k1ll3d.tmp").write_text("half-written by a killed atomic write")
+    with result_set.staged_folder(results) as staged:
         assert ".results.staging-dead" not in _siblings(results)
+        assert ".metrics.json.k1ll3d.tmp" not in staged.kept
+    assert not (results / ".metrics.json.k1ll3d.tmp").exists()
     # Killed between the two renames of the swap: no results/, the previous set beside it.
     os.replace(results, parent / ".results.previous-dead")
     result_set.recover(results)
