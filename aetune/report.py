@@ -155,7 +155,7 @@ FINE_TUNING_ADVICE = {
     ),
     "light fine-tuning": (
         f"{PSNR_MINIMUM:g} dB <= PSNR < {PSNR_GOOD:g} dB: adapt the decoder and the last encoder levels, keep the "
-        "early, DINOv2-aligned levels frozen (step 4 with --set model.freeze_encoder_levels=4)"
+        "first 3 (generic low-level filters) frozen (step 4 with --set model.freeze_encoder_levels=3)"
     ),
     "deep fine-tuning": (
         f"PSNR < {PSNR_MINIMUM:g} dB: these images are far from what the model saw; train every level through "
