@@ -23,6 +23,7 @@ from huggingface_hub import constants as hf_constants
 from aetune.cli import add_common_args, resolve_work_dir, run_main
 from aetune.config import load_config
 from aetune.env import can_reach
+from aetune.errors import AetuneError
 from aetune.hub import (
     MODELS_DIR,
     WeightsDirs,
@@ -87,6 +88,8 @@ def _list(specs: list[WeightSpec], manifest: dict) -> None:
 
 def main(args: argparse.Namespace) -> int:
     work_dir = resolve_work_dir(args)
+    if args.bundle and args.bundle.exists() and not args.bundle.is_dir():
+        raise AetuneError(f"--bundle {args.bundle} is a file, not a folder")
     manifest = read_manifest(work_dir, rebuild=True)
     specs = select(args, manifest)
     if args.list:

@@ -36,6 +36,8 @@ BUNDLE_INDEX = "aetune_weights.json"
 """Written into a bundle folder: the hashes step 2 verified, so an offline session can check the copies."""
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.[A-Za-z]+$")  # torch hub convention: name-<sha256 prefix>.pth
 _CHUNK = 1 << 20
+_WRITE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.EDQUOT}
+"""File-system refusals (they carry a file name; network failures do not)."""
 
 
 class WeightsUnavailable(AetuneError):
@@ -327,8 +329,8 @@ def _download_verified(spec: WeightSpec, dest: Path, notes: list[str]) -> tuple[
     try:
         download(spec, dest)
     except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise
+        if e.errno == errno.ENOSPC or (e.errno in _WRITE_ERRNOS and e.filename is not None):
+            raise  # our own disk refused the file: not a missing weight (the step says what to fix)
         notes.append(f"download from {spec.source} failed: {e}")
         return "missing", None
     entry = _verified_entry(spec, dest, None, notes)

@@ -13,6 +13,7 @@ import step1_setup_environment as step1
 from aetune import env
 from aetune.cli import run_main
 from aetune.env import GpuFact
+from tests.write_faults import disk_full, read_only, snapshot
 
 KAGGLE_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
 T4_0, T4_1 = GpuFact(0, "Tesla T4", (7, 5), 14.74), GpuFact(1, "Tesla T4", (7, 5), 14.74)
@@ -241,3 +242,41 @@ def test_flags_are_checked_without_torch(tmp_path):
     errors = res.stderr.splitlines()
     assert len(errors) == 2 and errors[0].startswith("error: unknown family 'nope'")
     assert errors[1].startswith("error: torch and torchvision not installed")
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err.strip()
+
+
+def test_output_dir_that_is_a_file_or_under_one(tmp_path, machine, capsys):
+    blocker = tmp_path / "work"
+    blocker.write_text("not a folder")
+    assert run(tmp_path, machine)[0] == 2  # run() uses tmp_path / "work"
+    assert str(blocker) in _one_error_line(capsys)
+    args = ["--output_dir", str(blocker / "inner"), "--requirements", str(machine["req"]), "--min_free_gb", "0"]
+    assert run_main(step1.main, step1.parse_args(args)) == 2
+    assert "is in the way" in _one_error_line(capsys)
+    assert blocker.read_text() == "not a folder"
+
+
+def test_read_only_work_dir_keeps_the_old_environment(tmp_path, machine, capsys):
+    assert run(tmp_path, machine)[0] == 0
+    work = tmp_path / "work"
+    before = snapshot(work)
+    capsys.readouterr()
+    with read_only(work):
+        assert run(tmp_path, machine)[0] == 2
+        assert "cannot write" in _one_error_line(capsys)
+    assert snapshot(work) == before
+
+
+def test_disk_full_keeps_the_old_environment(tmp_path, machine, monkeypatch, capsys):
+    assert run(tmp_path, machine)[0] == 0
+    before = snapshot(tmp_path / "work")
+    capsys.readouterr()
+    disk_full(monkeypatch)
+    assert run(tmp_path, machine)[0] == 2
+    assert _one_error_line(capsys).startswith("error: disk full while writing")
+    assert snapshot(tmp_path / "work") == before  # no half-written file, no temp file left

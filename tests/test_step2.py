@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pytest
@@ -10,6 +11,7 @@ import step2_download_models as step2
 from aetune import hub
 from aetune.cli import run_main
 from tests.test_hub import FakeRemote
+from tests.write_faults import read_only, snapshot
 
 
 @pytest.fixture
@@ -111,3 +113,55 @@ def test_corrupt_manifest_is_rebuilt_without_downloading_again(remote, tmp_path,
     out = capsys.readouterr().out
     assert f"warning: {manifest} " in out and ": rebuilding it" in out
     assert "hf_model             found" in out
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err  # progress bars share stderr: only the error lines count
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_output_dir_or_models_dir_in_the_way(remote, tmp_path, capsys):
+    blocker = tmp_path / "work"
+    blocker.write_text("a file")
+    assert run(tmp_path) == 2
+    assert "is in the way" in _one_error_line(capsys)
+    assert run_main(step2.main, step2.parse_args(["--output_dir", str(tmp_path / "w2"), "--models_dir", str(blocker)]))
+    assert str(blocker) in _one_error_line(capsys)
+    assert blocker.read_text() == "a file" and remote.hf_calls == []
+
+
+def test_read_only_models_dir_is_not_reported_as_a_missing_weight(remote, tmp_path, capsys):
+    assert run(tmp_path) == 0
+    models = tmp_path / "work" / "models"
+    (models / "org-model.safetensors").unlink()  # one to fetch again
+    before = snapshot(models)
+    capsys.readouterr()
+    with read_only(models):
+        assert run(tmp_path) == 2
+        line = _one_error_line(capsys)
+    assert "cannot write" in line and "is missing" not in line
+    assert snapshot(models) == before
+
+
+def test_disk_full_during_a_download(remote, tmp_path, monkeypatch, capsys):
+    assert run(tmp_path, "--only", "net") == 0
+    before = snapshot(tmp_path / "work")
+    capsys.readouterr()
+
+    def full(spec, dest):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dest) + ".part")
+
+    monkeypatch.setattr(hub, "download", full)
+    assert run(tmp_path) == 2
+    assert _one_error_line(capsys).startswith("error: disk full while writing")
+    assert snapshot(tmp_path / "work") == before  # the manifest still lists what was verified
+
+
+def test_bundle_path_that_is_a_file(remote, tmp_path, capsys):
+    target = tmp_path / "bundle"
+    target.write_text("x")
+    assert run(tmp_path, "--bundle", str(target)) == 2
+    assert _one_error_line(capsys) == f"error: --bundle {target} is a file, not a folder"
+    assert remote.hf_calls == [] and remote.ranges == []  # refused before hours of downloads
