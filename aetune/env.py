@@ -34,7 +34,7 @@ GIB = 1024**3
 KAGGLE_QUOTA_GB = 20.0
 """Kaggle keeps at most 20 GB of /kaggle/working; the disk under it reports far more free space."""
 MIN_FREE_DISK_GB = 10.0
-"""VA-VAE weights (~4 GB, step 2) plus one stage's three checkpoints (last + top-2, ~1 GB each) and room."""
+"""VA-VAE weights (~4 GB, step 2) plus a stage's checkpoints (~1.6 GB) and room; ``--config`` projects it exactly."""
 BUILTIN_FAMILIES = ("kl", "vavae")
 """Families whose packages requirements.txt covers; the others have ``requirements/<family>.txt``."""
 PROTECTED = frozenset({"torch", "torchvision"})
