@@ -1,0 +1,210 @@
+"""RAE's discriminator: a frozen DINO ViT-S/8 whose token features feed small trained 1-D conv heads.
+
+As bytetriper/RAE's ``DinoDisc`` (itself after StyleGAN-T / VAR): images in [-1, 1] are resized to 224 px
+(bilinear) and ImageNet-normalised; the tokens after blocks 2, 5, 8, 11 and the final output (no final
+LayerNorm) each go to a head SN-Conv1d(k=1) + per-sample BatchNorm + LeakyReLU(0.2), a residual
+SN-Conv1d(k=9, circular) block scaled by 1/sqrt(2), and SN-Conv1d -> 1 logit per token. Only the heads
+train. Differences from the reference, on purpose: the backbone is timm's ``vit_small_patch8_224.dino``
+with exact GELU, as the DINO weights were trained (the reference's MLP uses the tanh approximation: set
+``tanh_gelu=True`` for its numbers); the reference's zeroing of the attention key bias is not done because
+a key bias adds the same score to every key of a query, which softmax ignores.
+
+``diff_augment`` is the reference's DiffAugment (translation 1/8 of the size with zero fill, then colour:
+brightness, saturation, contrast), applied by the recipe to real and fake images alike.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aetune.errors import AetuneError
+from aetune.models.foundation import _weights_file
+
+DINO_BACKBONE = "vit_small_patch8_224.dino"
+KEY_BLOCKS = (2, 5, 8, 11)
+
+
+class LocalBatchNorm(nn.Module):
+    """BatchNorm with one sample per group (the reference's ``BatchNormLocal``, virtual batch 1).
+
+    Each sample's channels are standardised over its own tokens (float32, biased variance), then scaled
+    and shifted: (B, C, L) -> (B, C, L). No running statistics, so train and eval behave the same.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float()
+        mean = h.mean(dim=2, keepdim=True)
+        var = h.var(dim=2, keepdim=True, unbiased=False)
+        h = (h - mean) / torch.sqrt(var + self.eps)
+        return (h * self.weight[None, :, None] + self.bias[None, :, None]).to(x.dtype)
+
+
+class ResidualBlock(nn.Module):
+    """(fn(x) + x) / sqrt(2): keeps the variance of two unit-variance branches."""
+
+    def __init__(self, fn: nn.Module) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (self.fn(x) + x) / math.sqrt(2)
+
+
+def sn_conv1d(c_in: int, c_out: int, kernel_size: int) -> nn.Conv1d:
+    """Spectrally normalised Conv1d (one power iteration per training forward, as the reference)."""
+    conv = nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2, padding_mode="circular")
+    return nn.utils.spectral_norm(conv, n_power_iterations=1, eps=1e-12, dim=0)
+
+
+def _block(channels: int, kernel_size: int) -> nn.Sequential:
+    return nn.Sequential(sn_conv1d(channels, channels, kernel_size), LocalBatchNorm(channels), nn.LeakyReLU(0.2))
+
+
+class DinoDiscriminator(nn.Module):
+    """Images (B, 3, H, W) in [-1, 1] -> token logits (B, heads * L), L = (img_size / 8)^2 (784 at 224).
+
+    Args:
+        pretrained: load the DINO weights (``weights_path``, else the Hugging Face cache filled by step 2;
+            a missing file is an error naming it). False: random backbone (tests, the CPU demo only).
+        weights_path: a local file for ``vit_small_patch8_224.dino`` (timm's ``model.safetensors``, or the
+            original DINO ``dino_deitsmall8_pretrain.pth`` / RAE's ``discs/dino_vit_small_patch8_224.pth``).
+        kernel_size: of the residual head conv (9).
+        tanh_gelu: the reference's tanh-approximated GELU in the backbone MLP instead of exact GELU.
+        img_size, depth, width, heads: backbone overrides for a small random discriminator (only with
+            ``pretrained=False``); 0 keeps ViT-S/8 at 224 px. Key blocks deeper than ``depth`` are dropped.
+
+    Attributes:
+        backbone: the frozen timm ViT (``requires_grad=False``; give the optimizer only the heads:
+            ``[p for p in d.parameters() if p.requires_grad]``).
+        heads: one per feature map: index 0 the final output, then blocks 2, 5, 8, 11 (the reference's
+            order; heads 0 and 4 see the same tokens).
+    """
+
+    def __init__(
+        self,
+        pretrained: bool = True,
+        weights_path: str | None = None,
+        kernel_size: int = 9,
+        tanh_gelu: bool = False,
+        img_size: int = 0,
+        depth: int = 0,
+        width: int = 0,
+        heads: int = 0,
+    ) -> None:
+        super().__init__()
+        import timm
+
+        overrides = {k: v for k, v in {"img_size": img_size, "depth": depth, "embed_dim": width}.items() if v}
+        if heads:
+            overrides["num_heads"] = heads
+        if pretrained and overrides:
+            raise AetuneError(
+                f"discriminator overrides {sorted(overrides)} build a random backbone: use them with "
+                "pretrained=False only"
+            )
+        kwargs: dict = {"num_classes": 0, **overrides}
+        if tanh_gelu:
+            kwargs["act_layer"] = "gelu_tanh"
+        if pretrained:
+            kwargs["pretrained_cfg_overlay"] = {"file": str(_weights_file(DINO_BACKBONE, weights_path))}
+        elif weights_path is not None:
+            raise AetuneError("discriminator weights_path is given but pretrained=False: set pretrained=True")
+        self.backbone = timm.create_model(DINO_BACKBONE, pretrained=pretrained, **kwargs)
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+        self.img_size = self.backbone.patch_embed.img_size[0]
+        self.key_blocks = tuple(b for b in KEY_BLOCKS if b < len(self.backbone.blocks))
+        c = self.backbone.embed_dim
+        self.heads = nn.ModuleList(
+            nn.Sequential(_block(c, 1), ResidualBlock(_block(c, kernel_size)), sn_conv1d(c, 1, 1))
+            for _ in range(len(self.key_blocks) + 1)
+        )
+        cfg = self.backbone.pretrained_cfg
+        # [-1, 1] -> ImageNet-normalised in one affine map: ((x + 1) / 2 - m) / s
+        std, mean = torch.tensor(cfg["std"]).view(1, 3, 1, 1), torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+        self.register_buffer("x_scale", 0.5 / std, persistent=False)
+        self.register_buffer("x_shift", (0.5 - mean) / std, persistent=False)
+
+    def train(self, mode: bool = True) -> DinoDiscriminator:
+        """Heads follow ``mode``; the frozen backbone stays in eval mode."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """Images (B, 3, H, W) in [-1, 1] -> [final, block 2, 5, 8, 11] token features, each (B, C, L).
+
+        Differentiable with respect to ``x`` (the generator's GAN term needs it); the backbone is frozen.
+        """
+        if x.shape[-2:] != (self.img_size, self.img_size):
+            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        x = x * self.x_scale.to(x.dtype) + self.x_shift.to(x.dtype)
+        vit = self.backbone
+        h = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))  # (B, 1 + L, C): cls + patch tokens
+        picked = []
+        for i, block in enumerate(vit.blocks):
+            h = block(h)
+            if i in self.key_blocks:
+                picked.append(h[:, vit.num_prefix_tokens :].transpose(1, 2))  # (B, L, C) -> (B, C, L)
+        return [h[:, vit.num_prefix_tokens :].transpose(1, 2), *picked]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> logits (B, heads * L): real high, fake low (hinge)."""
+        return torch.cat([head(f).flatten(1) for head, f in zip(self.heads, self.features(x), strict=True)], dim=1)
+
+
+def translate(x: Tensor, dh: Tensor, dw: Tensor) -> Tensor:
+    """Per-sample integer shift with zero fill: ``out[b, :, i, j] = x[b, :, i + dh[b], j + dw[b]]`` (0 outside).
+
+    Args:
+        x: (B, C, H, W). dh, dw: (B,) integer shifts (long).
+    """
+    b, _, h, w = x.shape
+    # index the zero-padded image: padded row i + dh + 1, clamped into the padding border
+    rows = (torch.arange(h, device=x.device).view(1, h, 1) + dh.view(b, 1, 1) + 1).clamp(0, h + 1)
+    cols = (torch.arange(w, device=x.device).view(1, 1, w) + dw.view(b, 1, 1) + 1).clamp(0, w + 1)
+    padded = F.pad(x, [1, 1, 1, 1]).permute(0, 2, 3, 1)  # (B, H+2, W+2, C)
+    batch = torch.arange(b, device=x.device).view(b, 1, 1)
+    return padded[batch, rows, cols].permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+
+
+def colour(x: Tensor, brightness: Tensor, saturation: Tensor, contrast: Tensor) -> Tensor:
+    """DiffAugment colour, per sample (each (B,) tensor): x + brightness, then scale the deviation from
+    the per-pixel channel mean by ``saturation``, then from the per-image mean by ``contrast``."""
+    view = (-1, 1, 1, 1)
+    x = x + brightness.view(view)
+    mean = x.mean(dim=1, keepdim=True)
+    x = (x - mean) * saturation.view(view) + mean
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * contrast.view(view) + mean
+
+
+def diff_augment(x: Tensor, prob: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+    """DiffAugment as the reference (StyleGAN-T's ``DiffAug`` without cutout): (B, C, H, W) -> same shape.
+
+    With probability ``prob`` each (one draw per batch): translation by up to round(H / 8) pixels each way
+    (uniform integers, per sample), and colour with brightness U(-0.5, 0.5), saturation U(0, 2), contrast
+    U(0.5, 1.5) per sample. Differentiable with respect to ``x``.
+    """
+    if prob <= 0:
+        return x
+    b, device = x.shape[0], x.device
+    do_translate, do_colour = (torch.rand(2, generator=generator) <= prob).tolist()
+    u = torch.rand(5, b, generator=generator).to(device)
+    if do_translate:
+        h, w = x.shape[-2:]
+        th, tw = round(h * 0.125), round(w * 0.125)
+        x = translate(x, (u[0] * (2 * th + 1)).floor().long() - th, (u[1] * (2 * tw + 1)).floor().long() - tw)
+    if do_colour:
+        x = colour(x, u[2] - 0.5, u[3] * 2, u[4] + 0.5)
+    return x
