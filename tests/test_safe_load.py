@@ -251,6 +251,10 @@ def test_format_is_read_from_content_not_name(tmp_path: Path) -> None:
         assert torch.equal(loaded["encoder.conv_in.weight"], state["encoder.conv_in.weight"])
     with pytest.raises(CheckpointError, match=r"does not exist \(it is a folder\)"):
         read_state_dict(tmp_path)
+    whole = (tmp_path / "really_safetensors.pt").read_bytes()
+    (tmp_path / "short.safetensors").write_bytes(whole[:-100])  # header intact, tensor data cut
+    with pytest.raises(CheckpointError, match=r"short.safetensors is not a valid safetensors file \(.*incomplete"):
+        read_state_dict(tmp_path / "short.safetensors")
 
 
 def test_a_state_dict_read_from_a_file_keeps_its_name_in_later_errors(tmp_path: Path) -> None:
