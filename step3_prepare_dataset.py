@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from aetune.cli import add_common_args, resolve_work_dir, run_main
+from aetune.data.prepared import DEFAULT_NAME
 from aetune.errors import AetuneError
 from aetune.paths import KAGGLE_INPUT
 
@@ -27,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data_root", help="folder with one sub-folder of images per user")
     p.add_argument("--val_ratio", type=float, default=0.1, help="fraction of each user's images for validation")
     p.add_argument("--seed", type=int, default=42, help="seed of the content hash that assigns the split (0..2^32-1)")
-    p.add_argument("--name", default="microdoppler", help="dataset name used in output file names ([A-Za-z0-9._-])")
+    p.add_argument("--name", default=DEFAULT_NAME, help="dataset name used in output file names ([A-Za-z0-9._-])")
     g = p.add_argument_group("built-in synthetic dataset")
     g.add_argument("--synthetic", choices=["microdoppler"], help="generate the synthetic dataset, then prepare it")
     g.add_argument("--num_users", type=int, default=31)

@@ -282,7 +282,8 @@ def test_corrupt_work_files_name_the_file_and_the_fix(case: str, prepared: tuple
 def test_the_fix_names_the_seed_and_ratio_that_rebuild_the_split(prepared: tuple[Path, Path]) -> None:
     root, work = prepared
     _edit("labels.json", _swap_labels)(work)
-    with pytest.raises(AetuneError, match=f"--data_root {root.resolve()} --seed 0 --val_ratio 0.3 to regenerate"):
+    fix = f"--data_root {root.resolve()} --name toy --seed 0 --val_ratio 0.3 to regenerate"
+    with pytest.raises(AetuneError, match=fix):
         load_prepared(work)
 
 

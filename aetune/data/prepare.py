@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from aetune.data.neardup import MIN_CORRELATION, MIN_OVERLAP, find_near_duplicates
-from aetune.data.prepared import DATASET_FILE, LABELS_FILE, SPLIT_FILE, check_dataset_name, data_dir
+from aetune.data.prepared import (
+    DATASET_FILE,
+    DEFAULT_NAME,
+    LABELS_FILE,
+    SPLIT_FILE,
+    check_dataset_name,
+    data_dir,
+)
 from aetune.data.scan import ScanResult, scan_dataset
 from aetune.data.split import check_val_ratio, duplicate_groups, split_groups, split_records
 from aetune.errors import AetuneError
@@ -115,7 +122,7 @@ def _report_moves(old: Any, new: dict[str, Any]) -> None:
 def prepare_dataset(
     data_root: str | Path,
     work_dir: str | Path,
-    name: str = "microdoppler",
+    name: str = DEFAULT_NAME,
     val_ratio: float = 0.1,
     seed: int = 42,
     progress: bool = True,

@@ -17,6 +17,8 @@ DATA_SUBDIR = "data"
 LABELS_FILE = "labels.json"
 DATASET_FILE = "dataset.json"
 SPLIT_FILE = "split.json"
+DEFAULT_NAME = "microdoppler"
+"""Dataset name when step 3 is given none (the seed's file names: ``vavae_microdoppler_final.pt``)."""
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """A dataset name becomes part of file names (``vavae_<name>_final.pt``): no separators, no leading dot."""
 
@@ -25,7 +27,7 @@ def name_problem(name: object) -> str | None:
     """Why ``name`` cannot be a dataset name (with a safe suggestion), or None when it can."""
     if isinstance(name, str) and _SAFE_NAME.fullmatch(name):
         return None
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).lstrip("._-")[:64] or "microdoppler"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).lstrip("._-")[:64] or DEFAULT_NAME
     return (
         f"{name!r} cannot be part of a file name: use 1-64 letters, digits, '.', '_' or '-', "
         f"starting with a letter or digit (e.g. {safe})"
@@ -78,10 +80,14 @@ def data_dir(work_dir: str | Path) -> Path:
     return Path(work_dir) / DATA_SUBDIR
 
 
-def _regenerate(work_dir: str | Path, data_root: Any = None, split: Any = None) -> str:
+def _regenerate(work_dir: str | Path, dataset: Any = None, split: Any = None) -> str:
     """How to rebuild the files: the step 3 command with what is still known of the last run."""
+    dataset = dataset if isinstance(dataset, dict) else {}
+    root, name = dataset.get("data_root"), dataset.get("name")
     cmd = f"re-run step3_prepare_dataset.py --output_dir {work_dir}"
-    cmd += f" --data_root {data_root}" if isinstance(data_root, str) else " --data_root <your data folder>"
+    cmd += f" --data_root {root}" if isinstance(root, str) else " --data_root <your data folder>"
+    if isinstance(name, str) and name_problem(name) is None and name != DEFAULT_NAME:
+        cmd += f" --name {name}"
     if isinstance(split, dict) and isinstance(split.get("seed"), int) and isinstance(split.get("val_ratio"), float):
         # The split depends on the images, the seed and the ratio only, so this command rebuilds it exactly.
         cmd += f" --seed {split['seed']} --val_ratio {split['val_ratio']}"
@@ -167,8 +173,7 @@ def load_prepared(work_dir: str | Path, data_root: str | Path | None = None) -> 
     problem = _structure_problem(labels, dataset, split)
     if problem is not None:
         fname, what = problem
-        root_seen = dataset.get("data_root") if isinstance(dataset, dict) else None
-        raise AetuneError(f"{d / fname} {what}: {_regenerate(work_dir, root_seen, split)}")
+        raise AetuneError(f"{d / fname} {what}: {_regenerate(work_dir, dataset, split)}")
     by_rel = {a["relpath"]: Sample(a["relpath"], a["user"], a["label"]) for a in dataset["accepted"]}
     root = Path(data_root).expanduser().resolve() if data_root else Path(dataset["data_root"])
     prepared = PreparedData(
@@ -189,6 +194,6 @@ def load_prepared(work_dir: str | Path, data_root: str | Path | None = None) -> 
         raise AetuneError(
             f"{len(missing)} of the {len(samples)} images of {d / SPLIT_FILE} are missing under {root} "
             f"(first: {missing[0]}): the dataset changed since step 3; "
-            f"{_regenerate(work_dir, dataset['data_root'], split)}"
+            f"{_regenerate(work_dir, dataset, split)}"
         )
     return prepared
