@@ -183,9 +183,10 @@ def load_prepared(work_dir: str | Path, data_root: str | Path | None = None) -> 
         train=[by_rel[r] for r in split["train"]],
         val=[by_rel[r] for r in split["val"]],
     )
-    samples = prepared.train + prepared.val
+    # Rows referenced as hf://<split>/<row> live inside dataset files (aetune.data.hf_source), not as files.
+    samples = [s for s in prepared.train + prepared.val if "://" not in s.relpath]
     missing = [s.relpath for s in samples if not prepared.path(s).is_file()]
-    if len(missing) == len(samples):
+    if samples and len(missing) == len(samples):
         raise AetuneError(
             f"{root} holds none of the {len(samples)} images of {d / SPLIT_FILE}: the data moved since step 3; "
             "pass --data_root with the folder that holds the user folders, or re-run step 3"
