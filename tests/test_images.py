@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aetune.data.images import load_rgb, load_rgb_resized
+from aetune.data.images import fingerprint, load_rgb, load_rgb_resized
 
 
 def _save(img: Image.Image, path: Path, **kw) -> Path:
@@ -74,3 +74,13 @@ def test_resize_keeps_the_whole_frame(tmp_path: Path) -> None:
     out = load_rgb_resized(_save(Image.fromarray(a), tmp_path / "w.png"), 32)
     assert out.shape == (32, 32, 3)
     assert out[:, :14].max() < 10 and out[:, 18:].min() > 245  # left/right halves survive, no crop
+
+
+def test_fingerprint_is_a_small_grey_copy() -> None:
+    big = np.zeros((300, 1000, 3), np.uint8)
+    big[:, 500:] = 255  # right half white
+    fp = fingerprint(big)
+    assert fp.shape == (64, 512) and fp.dtype == np.uint8  # box-averaged to 64 rows, 512 columns
+    assert fp[:, :255].max() == 0 and fp[:, 257:].min() == 255
+    small = np.full((20, 30, 3), 7, np.uint8)
+    assert fingerprint(small).shape == (20, 30) and (fingerprint(small) == 7).all()  # never upsampled
