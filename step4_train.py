@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from aetune.config import Config
 
 STARTED = time.time()  # the session deadline counts from this process's start
+INTERRUPTED_EXIT = 3  # non-zero: a notebook's "Run All" must not go on to step 5 with a half-trained model
 KAGGLE_MAX_HOURS = 11.5  # Kaggle kills a session at 12 h: stop, save and exit 30 min before
 log = logging.getLogger("aetune")
 
@@ -57,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"], help="default: GPU if any")
     p.add_argument("--devices", help='GPU indices, e.g. "0,1" for DDP on two GPUs; on CPU a process count')
     p.add_argument("--kaggle_t4", action="store_true", help='Kaggle "GPU T4 x2": --devices "0,1", fp16 mixed')
+    p.add_argument("--num_nodes", type=int, default=1, help="machines (torchrun / SLURM start the processes)")
+    p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"], help="multi-device strategy")
+    p.add_argument("--global_batch_size", type=int, help="images per optimizer step over all devices")
     p.add_argument("--max_hours", type=float, help=f"save and stop after H hours (--kaggle: {KAGGLE_MAX_HOURS})")
     p.add_argument("--stop_after_batches", type=int, help="save and stop this session after N batches")
     p.add_argument("--resume_from", type=Path, help="a previous session's output (read-only) to continue")
@@ -92,6 +96,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
     stages = parse_stages(args.stages, cfg)
     flags = {
         "train.batch_size": args.batch_size,
+        "train.global_batch_size": args.global_batch_size,
         "train.gradient_accumulation": args.gradient_accumulation,
         "train.learning_rate": args.learning_rate,
         "train.gradient_clip_val": args.gradient_clip_val,
@@ -138,6 +143,8 @@ def main(args: argparse.Namespace) -> int:
         resume_from=args.resume_from,
         allow_stage_gap=args.allow_stage_gap,
         detect_anomaly=args.detect_anomaly,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy,
         max_hours=cfg.train.max_hours,
         stop_after_batches=args.stop_after_batches,
         started=STARTED,
@@ -151,6 +158,13 @@ def main(args: argparse.Namespace) -> int:
         log.info("stages done: %s; final model: %s", ", ".join(result.stages_done), result.final_model)
         log.info("next: python step5_validate_export.py --output_dir %s", shlex.quote(str(work_dir)))
         return 0
+    if result.status == "interrupted":
+        print(
+            f"interrupted by {result.reason}: stage {result.stage} saved at batch {result.batches} of "
+            f"{result.total_batches}; re-run `python {again}` to resume (step 5 needs the finished run)",
+            file=sys.stderr,
+        )
+        return INTERRUPTED_EXIT
     log.info(
         "stopped at %s: stage %s at batch %d of %d, saved in %s. Next: re-run `python %s` here; in a new Kaggle "
         "session, attach this notebook's output and add --resume_from /kaggle/input/<that output>",

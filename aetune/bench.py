@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from aetune.cli import run_main
-from aetune.config import load_config
-from aetune.data.cache import to_model_range
+from aetune.config import Config, load_config
 from aetune.env import advise_precision, gpu_facts
+from aetune.recipes import StepContext
 from aetune.train.module import AutoencoderModule
 from aetune.train.precision import check_precision
 
@@ -78,21 +78,30 @@ def measured(device: torch.device, memory: PeakMemory, out: list[tuple[float, fl
     out.append((time.perf_counter() - t0, memory.peak_mib()))
 
 
+def heaviest_stage(cfg: Config) -> str:
+    """The first stage whose GAN is on from its first batch (both phases), else the first stage."""
+    for stage in cfg.train.stages:
+        if getattr(cfg.stage_loss(stage), "disc_start", -1) == 0:
+            return stage
+    return next(iter(cfg.train.stages))
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, [*args.overrides, f"train.batch_size={args.batch_size}"])
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     gpus = gpu_facts() if accelerator == "gpu" else []
     precision = check_precision(args.precision or cfg.train.precision or advise_precision(gpus)[0], accelerator, gpus)
-    gan = [s for s in cfg.train.stages if cfg.stage_loss(s).disc_start == 0]
-    stage = args.stage or (gan[0] if gan else next(iter(cfg.train.stages)))
+    stage = args.stage or heaviest_stage(cfg)
     module = AutoencoderModule(cfg, stage, total_batches=10**9, learning_rate=1e-5, meta={}).to(device)
-    opt_g, opt_d = module.configure_optimizers()
+    recipe = module.recipe
+    opts = dict(zip(recipe.phases, module.configure_optimizers(), strict=True))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
-    size = cfg.data.image_size
-    x = to_model_range(torch.randint(0, 256, (args.batch_size, 3, size, size), dtype=torch.uint8, device=device))
+    size = cfg.stage_image_size(stage)
+    images = torch.randint(0, 256, (args.batch_size, 3, size, size), dtype=torch.uint8, device=device)
+    x, target = recipe.inputs((images, torch.zeros(args.batch_size, dtype=torch.long)))
     memory = PeakMemory(device)
-    gan_on = module.gan_active(0)
+    gan_on = "d" in recipe.phases and recipe.phase_active("d", 0)
 
     def step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         scaler.scale(loss).backward()
@@ -111,12 +120,13 @@ def main(args: argparse.Namespace) -> int:
     for i in range(args.warmup + args.steps):
         g_out: list[tuple[float, float]] = []
         d_out: list[tuple[float, float]] = []
+        ctx = StepContext(0, module.batch_generator(device))
         with measured(device, memory, g_out), autocast():
-            terms, x_rec = module.generator_terms(x, module.batch_generator(device), gan_on)
-            step(opt_g, terms["total"])
+            g = recipe.generator_step(x, target, ctx)
+            step(opts["g"], g.total)
         if gan_on:
             with measured(device, memory, d_out), autocast():
-                step(opt_d, module.discriminator_terms(x, x_rec)["total"])
+                step(opts["d"], recipe.discriminator_step(x, target, g, ctx).total)
         if i >= args.warmup:
             timings["generator"] += g_out
             timings["discriminator"] += d_out

@@ -25,13 +25,27 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 """Folder of the shipped presets (``configs/<name>.yaml``)."""
 
 
+def bounds(lo: float | None = None, hi: float | None = None, *, allow: tuple[Any, ...] = ()) -> dict[str, Any]:
+    """Field metadata: the valid range ``[lo, hi]`` of a number, plus exact values also allowed (e.g. -1 = off).
+
+    Checked when the config is built, so a zero batch size or a negative epoch count is one error line naming
+    the key and the range, not a crash deep inside the first training step.
+    """
+    return {"bounds": (lo, hi, allow)}
+
+
+def choices(*values: str) -> dict[str, Any]:
+    """Field metadata: the strings a key accepts."""
+    return {"choices": values}
+
+
 @dataclass
 class DataConfig:
     """What the autoencoder sees."""
 
-    image_size: int = 256  # VA-VAE f16 was trained at 256 px: 16x16 latents, 224 px teacher input
-    cache: str = "ram"  # "ram" | "file": decoded uint8 images, so epochs never re-decode PNGs
-    num_workers: int = 2  # Kaggle gives 2-4 CPU cores; more workers only add RAM copies of the cache
+    image_size: int = field(default=256, metadata=bounds(8, 8192))  # VA-VAE f16 was trained at 256 px
+    cache: str = field(default="ram", metadata=choices("ram", "file"))  # decoded uint8 images: epochs never re-decode
+    num_workers: int = field(default=2, metadata=bounds(0, 64))  # Kaggle gives 2-4 cores; more only add RAM copies
     hflip: bool = False  # flips swap time direction / Doppler sign: they change what a spectrogram means
 
 
@@ -41,96 +55,186 @@ class ModelConfig:
 
     family: str = "vavae"  # registered family name (aetune.list_families())
     args: dict[str, Any] = field(default_factory=dict)  # constructor overrides, checked by its signature
-    freeze_encoder_levels: int = 0  # seed: freeze 3-4 of 5 encoder levels for ~5k images
+    freeze_encoder_levels: int = field(default=0, metadata=bounds(0, 64))  # seed: 3-4 of 5 levels for ~5k images
     gradient_checkpointing: bool = False  # trades ~30 % speed for activation memory (T4 16 GB)
     channels_last: bool = False  # faster convolutions under AMP on tensor-core GPUs
 
 
 @dataclass
-class TeacherConfig:
-    """The frozen vision foundation model the VA-VAE latents are aligned to."""
+class OptimizerConfig:
+    """One phase's optimiser and learning-rate schedule (the generator ``g`` or the discriminator ``d``)."""
 
-    name: str = "vit_large_patch14_dinov2.lvd142m"  # the released VA-VAE's teacher (timm name)
-    pretrained: bool = True  # False = random teacher: only by explicit choice (demo preset), and outputs say so
-    normalize: str = "none"  # "none" reproduces the released model (raw [-1, 1] input); "imagenet" mean/std
-    weights_path: str | None = None  # local teacher weights (offline Kaggle); None = timm/HF cache
-
-
-@dataclass
-class DiscriminatorConfig:
-    """PatchGAN discriminator (taming NLayerDiscriminator), loadable from ``loss.discriminator.*``."""
-
-    ndf: int = 64  # released VA-VAE value
-    n_layers: int = 3  # released VA-VAE value: 30x30 patches at 256 px
+    name: str = field(default="adam", metadata=choices("adam", "adamw"))  # VA-VAE: Adam; RAE, TAEHV: AdamW
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])  # released VA-VAE Adam betas
+    weight_decay: float = field(default=0.0, metadata=bounds(0.0, 1.0))  # released VA-VAE value
+    schedule: str = field(default="constant", metadata=choices("constant", "cosine"))  # RAE: warm-up + cosine
+    warmup_batches: int = field(default=0, metadata=bounds(0))  # linear warm-up from 0, in batches of the stage
+    min_lr_ratio: float = field(default=0.0, metadata=bounds(0.0, 1.0))  # cosine floor / peak (RAE: 2e-5 / 2e-4)
 
 
 @dataclass
-class LossConfig:
-    """Weights of the VA-VAE objective (LightningDiT vavae/ defaults unless noted)."""
+class OptimizersConfig:
+    """The optimiser of each phase."""
 
-    kl_weight: float = 1e-6  # released value: KL only keeps latents bounded
-    perceptual_weight: float = 1.0  # LPIPS-VGG weight inside the nll, released value
-    lpips_pretrained: bool = True  # False = no trustworthy LPIPS: only by explicit choice, and outputs say so
-    disc_weight: float = 0.5  # released value, scaled by the adaptive weight
-    disc_start: int = 0  # batches into the stage before the GAN term and D updates start; -1 = no GAN
-    vf_weight: float = 0.1  # alignment weight; seed stage 1 uses 0.5
-    vf_adaptive: bool = True  # released: scale VF by the grad-norm ratio at encoder.conv_out
-    distmat_margin: float = 0.0  # seed stage 3: 0.25
-    cos_margin: float = 0.0  # seed stage 3: 0.5
-    distmat_weight: float = 1.0  # released value
-    cos_weight: float = 1.0  # released value
+    g: OptimizerConfig = field(default_factory=OptimizerConfig)  # autoencoder (its trainable part)
+    d: OptimizerConfig = field(default_factory=OptimizerConfig)  # discriminator, when the recipe has one
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of the trained generator weights (RAE: 0.9978 every step)."""
+
+    decay: float = field(default=0.0, metadata=bounds(0.0, 0.999999))  # 0 = off
+    start_batch: int = field(default=0, metadata=bounds(0))  # batch of the stage from which the average runs
 
 
 @dataclass
 class StageConfig:
-    """One stage of the plan: how long, and which loss weights change."""
+    """One stage of the plan: how long, at which size, and what changes in it."""
 
-    epochs: int = 1  # passes over the training split
-    max_steps: int = -1  # batches, -1 = no limit beyond epochs (for smoke runs)
-    loss: dict[str, Any] = field(default_factory=dict)  # LossConfig keys overridden in this stage
+    epochs: int = field(default=1, metadata=bounds(1, 100_000))  # passes over the training split
+    max_steps: int = field(default=-1, metadata=bounds(1, allow=(-1,)))  # batch cap, -1 = none (smoke runs)
+    image_size: int | None = field(default=None, metadata=bounds(8, 8192))  # None: data.image_size (progressive)
+    loss: dict[str, Any] = field(default_factory=dict)  # the family's loss keys overridden in this stage
+    optimizer: dict[str, Any] = field(default_factory=dict)  # {g: {...}, d: {...}} overrides of train.optimizer
+    ema: dict[str, Any] = field(default_factory=dict)  # overrides of train.ema
+    learning_rate: float | None = field(default=None, metadata=bounds(0.0, 1.0))  # None: train.learning_rate
+    patience: int | None = field(default=None, metadata=bounds(0))  # None: train.patience without GAN, 0 (off) with
+    monitor: str | None = None  # None: train.monitor
 
 
 @dataclass
 class TrainConfig:
     """Optimisation, validation and checkpointing."""
 
-    batch_size: int = 8  # seed: 8 with accumulation 2 on one 16 GB GPU at 256 px
-    gradient_accumulation: int = 1  # batches per optimizer step
-    learning_rate: float | None = None  # None: 1e-5 from pretrained weights, 1e-4 from scratch (seed)
-    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])  # released VA-VAE Adam betas
-    weight_decay: float = 0.0  # released value
-    gradient_clip_val: float = 1.0  # seed value; 0 disables
+    batch_size: int = field(default=8, metadata=bounds(1, 4096))  # seed: 8 + accumulation 2 on a 16 GB GPU, 256 px
+    global_batch_size: int | None = field(default=None, metadata=bounds(1, 1 << 20))  # sets batch and accumulation
+    gradient_accumulation: int = field(default=1, metadata=bounds(1, 1024))  # batches per optimizer step
+    learning_rate: float | None = field(default=None, metadata=bounds(0.0, 1.0))  # None: 1e-5 pretrained, 1e-4 scratch
+    d_learning_rate: float | None = field(default=None, metadata=bounds(0.0, 1.0))  # None: the generator's
+    optimizer: OptimizersConfig = field(default_factory=OptimizersConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    gradient_clip_val: float = field(default=0.0, metadata=bounds(0.0))  # 0 = off, as released (norms are logged)
     precision: str | None = None  # None: from step 1's advice / the GPU; "32", "16-mixed", "bf16-mixed"
-    seed: int = 42  # seeds model init, sampling and the data order
-    val_every_n_steps: int = 200  # batches between validations (and always at stage end)
-    checkpoint_every_n_batches: int = 100  # count-based: time-based saving is ignored under manual optimisation
-    patience: int = 5  # validations without PSNR gain before early stopping
-    max_nonfinite: int = 5  # non-finite losses in a row before saving and stopping
-    max_hours: float | None = None  # per-session deadline; --kaggle sets 11.5 (Kaggle kills at 12)
+    seed: int = field(default=42, metadata=bounds(0, 2**63 - 1))  # model init, sampling and the data order
+    val_every_n_steps: int = field(default=200, metadata=bounds(1))  # batches between validations (+ stage end)
+    checkpoint_every_n_batches: int = field(default=100, metadata=bounds(0))  # count-based (manual optimisation)
+    monitor: str = "val/psnr"  # the best checkpoints and early stopping follow it (mode max)
+    patience: int = field(default=5, metadata=bounds(0))  # validations without gain before stopping; 0 = never
+    max_nonfinite: int = field(default=5, metadata=bounds(1))  # non-finite losses in a row before saving and stopping
+    max_hours: float | None = field(default=None, metadata=bounds(0.0))  # session deadline; --kaggle: 11.5
+    grad_norm_every: int = field(default=50, metadata=bounds(0))  # batches between grad_norm/<term> logs; 0 = off
+    rfid_every: int = field(default=0, metadata=bounds(0))  # batches between rFID runs (0: stage end only)
+    rfid_images: int = field(default=0, metadata=bounds(0))  # images rFID uses during training; 0 = no rFID
+    health_batch: int = field(default=1000, metadata=bounds(0))  # first validation at/after it is the health gate
+    health_min_psnr: float | None = None  # the preset's bar (dB); None = no gate
     stages: dict[str, StageConfig] = field(default_factory=lambda: {"1": StageConfig()})
+
+
+@dataclass(frozen=True)
+class FamilySchema:
+    """What a family adds to the config: its own typed sections (``loss`` at least), default preset, data kind."""
+
+    family: str
+    sections: dict[str, type]  # section name -> dataclass, e.g. {"loss": VAVAELossConfig, "teacher": ...}
+    default_preset: str  # the preset ``--family NAME`` loads
+    data_kind: str  # "image" | "pair" | "video" | "volume"
+
+
+_SCHEMAS: dict[str, FamilySchema] = {}
+COMMON_SECTIONS = ("preset", "data", "model", "train")
+
+
+def register_schema(family: str, default_preset: str, data_kind: str = "image", **sections: type) -> FamilySchema:
+    """Register a family's config sections (called by ``aetune/options/<family>.py``, torch-free)."""
+    if "loss" not in sections:
+        raise TypeError(f"family {family} must declare a 'loss' section")
+    clash = set(sections) & set(COMMON_SECTIONS)
+    if clash:
+        raise TypeError(f"family {family} redefines common sections {sorted(clash)}")
+    schema = FamilySchema(family, dict(sections), default_preset, data_kind)
+    _SCHEMAS[family] = schema
+    return schema
+
+
+def family_schema(family: str) -> FamilySchema:
+    """The registered schema of ``family``; one error line naming the closest family otherwise."""
+    import aetune.options  # noqa: F401  (registers the built-in families' sections; torch-free)
+
+    if family not in _SCHEMAS:
+        raise AetuneError(f"unknown model.family '{family}'" + _suggest(family, sorted(_SCHEMAS)))
+    return _SCHEMAS[family]
+
+
+def schema_families() -> list[str]:
+    """Families whose config sections are registered."""
+    import aetune.options  # noqa: F401
+
+    return sorted(_SCHEMAS)
 
 
 @dataclass
 class Config:
-    """Everything a run needs; written next to every checkpoint as ``config.yaml``."""
+    """Everything a run needs; written next to every checkpoint as ``config.yaml``.
+
+    ``data``, ``model`` and ``train`` are common to all families; the family's own sections (``loss`` and,
+    e.g. for vavae, ``teacher`` and ``discriminator``) are in ``sections`` and read as attributes:
+    ``cfg.loss``, ``cfg.teacher``.
+    """
 
     preset: str | None = None  # the preset this config came from (recorded, not re-applied)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sections: dict[str, Any] = field(default_factory=dict)
 
-    def stage_loss(self, stage: str) -> LossConfig:
-        """The loss weights in force during ``stage``: ``loss`` with the stage's overrides applied."""
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in sections:
+            return sections[name]
+        raise AttributeError(f"the {self.__dict__.get('model', ModelConfig()).family} config has no section '{name}'")
+
+    @property
+    def schema(self) -> FamilySchema:
+        """The family's registered schema."""
+        return family_schema(self.model.family)
+
+    def stage_loss(self, stage: str) -> Any:
+        """The loss options in force during ``stage``: ``loss`` with the stage's overrides applied."""
+        spec = self.stage(stage)
+        merged = {**to_dict(self.loss), **spec.loss}
+        return _build(self.schema.sections["loss"], merged, f"train.stages.{stage}.loss")
+
+    def stage(self, stage: str) -> StageConfig:
+        """The plan's entry for ``stage``."""
         if stage not in self.train.stages:
             raise AetuneError(f"stage {stage} is not in the plan (stages: {', '.join(self.train.stages)})")
-        return _build(LossConfig, {**to_dict(self.loss), **self.train.stages[stage].loss}, f"train.stages.{stage}.loss")
+        return self.train.stages[stage]
+
+    def stage_optimizer(self, stage: str, phase: str) -> OptimizerConfig:
+        """``train.optimizer.<phase>`` with the stage's ``optimizer.<phase>`` overrides applied."""
+        spec = self.stage(stage)
+        unknown = [k for k in spec.optimizer if k not in ("g", "d")]
+        if unknown:
+            raise AetuneError(f"unknown config key 'train.stages.{stage}.optimizer.{unknown[0]}'; phases are g and d")
+        base = to_dict(getattr(self.train.optimizer, phase))
+        return _build(OptimizerConfig, {**base, **(spec.optimizer.get(phase) or {})}, f"train.stages.{stage}.optimizer")
+
+    def stage_ema(self, stage: str) -> EMAConfig:
+        """``train.ema`` with the stage's overrides applied."""
+        return _build(EMAConfig, {**to_dict(self.train.ema), **self.stage(stage).ema}, f"train.stages.{stage}.ema")
+
+    def stage_image_size(self, stage: str) -> int:
+        """The input size of ``stage`` (progressive plans change it between stages)."""
+        size = self.stage(stage).image_size
+        return size if size is not None else self.data.image_size
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-Python nested dict (YAML/JSON/``weights_only`` safe)."""
-        return to_dict(self)
+        """Plain-Python nested dict (YAML/JSON/``weights_only`` safe), family sections at the top level."""
+        out: dict[str, Any] = {"preset": self.preset, "data": to_dict(self.data), "model": to_dict(self.model)}
+        out |= {name: to_dict(section) for name, section in self.sections.items()}
+        out["train"] = to_dict(self.train)
+        return out
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -203,19 +307,58 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r} at {where}")
 
 
+def _check_value(value: Any, meta: Any, where: str) -> None:
+    """Range and choice checks from field metadata (see :func:`bounds`, :func:`choices`)."""
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise AetuneError(f"{where} must be one of {', '.join(meta['choices'])}, got {value!r}")
+    if "bounds" in meta:
+        lo, hi, allow = meta["bounds"]
+        if value in allow:
+            return
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f"{lo if lo is not None else '-inf'} .. {hi if hi is not None else 'inf'}"
+            extra = f" (or {', '.join(map(str, allow))})" if allow else ""
+            raise AetuneError(f"{where} = {value!r} is out of range: valid {span}{extra}")
+
+
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Instantiate dataclass ``cls`` from ``data``, strictly (unknown keys are errors)."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            raise AetuneError(f"unknown config key '{_join(where, key)}'" + _suggest(key, names, where))
-    kwargs = {k: _coerce(v, hints[k], _join(where, k)) for k, v in data.items()}
-    obj = cls(**kwargs)
+    """Instantiate dataclass ``cls`` from ``data``, strictly (unknown keys are errors, ranges checked)."""
     if cls is Config:
-        for stage in obj.train.stages:
-            obj.stage_loss(stage)
-    return obj
+        return _build_config(data)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise AetuneError(f"unknown config key '{_join(where, key)}'" + _suggest(key, list(fields), where))
+    kwargs = {k: _coerce(v, hints[k], _join(where, k)) for k, v in data.items()}
+    for k, v in kwargs.items():
+        _check_value(v, fields[k].metadata, _join(where, k))
+    return cls(**kwargs)
+
+
+def _build_config(data: dict[str, Any]) -> Config:
+    """A ``Config``: common sections, then the sections of the family that ``model.family`` names."""
+    model = _build(ModelConfig, data.get("model") or {}, "model")
+    schema = family_schema(model.family)
+    valid = [*COMMON_SECTIONS, *schema.sections]
+    for key in data:
+        if key not in valid:
+            raise AetuneError(f"unknown config key '{key}' for family {model.family}" + _suggest(key, valid))
+    cfg = Config(
+        preset=_coerce(data.get("preset"), str | None, "preset"),
+        data=_build(DataConfig, data.get("data") or {}, "data"),
+        model=model,
+        train=_build(TrainConfig, data.get("train") or {}, "train"),
+        sections={name: _build(cls, data.get(name) or {}, name) for name, cls in schema.sections.items()},
+    )
+    for stage in cfg.train.stages:
+        cfg.stage_loss(stage)
+        cfg.stage_ema(stage)
+        for phase in ("g", "d"):
+            cfg.stage_optimizer(stage, phase)
+    return cfg
 
 
 def _join(where: str, key: str) -> str:
@@ -237,6 +380,20 @@ def _merge(base: dict[str, Any], over: dict[str, Any], replace: frozenset[str], 
 # A preset that sets a stage plan states the whole plan: merging stage "1" of the defaults into a
 # preset's three stages would invent a stage nobody wrote.
 _REPLACED_BY_PRESETS = frozenset({"train.stages"})
+
+
+def read_yaml_mapping(path: Path, fix: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (empty = {}); one error line naming the file and ``fix`` otherwise."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        reason = str(getattr(e, "problem", None) or e).splitlines()[0]
+        raise AetuneError(f"{path} is not valid YAML ({reason}): {fix}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise AetuneError(f"{path} must hold a YAML mapping, not a {type(data).__name__}: {fix}")
+    return data
 
 
 def preset_path(name_or_path: str) -> Path:
@@ -263,9 +420,7 @@ def _read_preset(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any
     path = preset_path(name_or_path)
     if str(path) in seen:
         raise AetuneError(f"preset {path} inherits from itself through 'base:'")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise AetuneError(f"{path} must hold a YAML mapping")
+    data = read_yaml_mapping(path, "fix the file or pick a shipped preset (configs/)")
     base = data.pop("base", None)
     if base is None:
         return data
@@ -330,6 +485,14 @@ def dump_config(cfg: Config) -> str:
 
 
 def load_config_file(path: str | Path) -> Config:
-    """Read a ``config.yaml`` written by :func:`dump_config` (no preset chain, strict)."""
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    return config_from_dict(data)
+    """Read a ``config.yaml`` written by :func:`dump_config` (no preset chain, strict).
+
+    Raises:
+        AetuneError: unreadable, hand-broken or invalid file, naming it.
+    """
+    fix = "it is rewritten by step 4; restore it from the checkpoint's own copy or re-run step 4"
+    data = read_yaml_mapping(Path(path), fix)
+    try:
+        return config_from_dict(data)
+    except AetuneError as e:
+        raise AetuneError(f"{path}: {e}") from e

@@ -244,10 +244,11 @@ def weights_for_config(cfg: Config) -> list[str]:
     loss and the report, and the FID Inception for step 5's rFID.
     """
     names = []
-    if cfg.teacher.pretrained and cfg.model.family == "vavae":
+    teacher = cfg.sections.get("teacher")
+    if teacher is not None and teacher.pretrained and cfg.model.family == "vavae":
         names += ["vavae", "vavae_latents_stats"]
-        if cfg.teacher.name in TEACHER_WEIGHTS and cfg.teacher.weights_path is None:
-            names.append(TEACHER_WEIGHTS[cfg.teacher.name])
-    if cfg.loss.lpips_pretrained:
+        if teacher.name in TEACHER_WEIGHTS and teacher.weights_path is None:
+            names.append(TEACHER_WEIGHTS[teacher.name])
+    if getattr(cfg.loss, "lpips_pretrained", False):
         names += ["lpips_vgg16", "fid_inception"]
     return names

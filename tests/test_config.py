@@ -21,7 +21,7 @@ def test_defaults_are_the_released_vavae_values() -> None:
     assert c.model.family == "vavae"
     assert c.loss.kl_weight == 1e-6
     assert c.loss.disc_weight == 0.5
-    assert c.train.betas == [0.5, 0.9]
+    assert c.train.optimizer.g.betas == c.train.optimizer.d.betas == [0.5, 0.9]
     assert c.teacher.name == "vit_large_patch14_dinov2.lvd142m"
     assert c.teacher.normalize == "none"
 

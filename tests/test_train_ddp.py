@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,5 +39,5 @@ def test_two_process_ddp_trains_stages_and_resumes(tmp_path: Path) -> None:
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
     assert (work / "checkpoints/vavae_tiny_final.pt").is_file()
     assert second.stdout.count("stage 2\n") == 1  # the child process prints no summary of its own
-    assert "batches    4 of 4 (this session 2); 0 skipped for non-finite values" in second.stdout
+    assert re.search(r"batches +4 of 4 \(this session 2\); 0 skipped for non-finite values", second.stdout)
     assert "images/s incl. validation (batch 2 x 2 device(s), 32-true)" in second.stdout

@@ -11,7 +11,7 @@ import torch
 from aetune.config import Config
 from aetune.errors import AetuneError
 from aetune.losses import generator_objective
-from aetune.train import module as module_py
+from aetune.recipes import autoencoders as recipe_py
 from aetune.train.module import AutoencoderModule
 from aetune.train.runner import TrainRequest, TrainResult, run_training
 from tests.train_helpers import make_work_dir, tiny_config
@@ -60,7 +60,7 @@ def test_interrupted_runs_resume_to_the_same_weights(tmp_path: Path, monkeypatch
     first = train(stopped, cfg, stop_after_batches=3)
     assert (first.status, first.batches, first.total_batches) == ("session_limit", 4, 14)
     assert "--stop_after_batches 3" in first.reason
-    assert final_state(stopped)["aetune"]["window_open"] is False
+    assert final_state(stopped)["aetune"]["window"] is None
     assert train(stopped, cfg).status == "done"
     assert_same_training(expected, final_state(stopped))
     assert history(stopped) == history(reference)  # no extra validation at the stop
@@ -120,7 +120,7 @@ def nan_at(calls: set[int]) -> object:
 
 def test_nonfinite_loss_skips_the_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     work, cfg = fresh(tmp_path, "one_nan")
-    monkeypatch.setattr(module_py, "generator_objective", nan_at({1}))
+    monkeypatch.setattr(recipe_py, "generator_objective", nan_at({1}))
     assert train(work, cfg).status == "done"
     ckpt = final_state(work)
     assert (ckpt["aetune"]["nonfinite_total"], ckpt["aetune"]["nonfinite_streak"]) == (1, 0)
@@ -129,7 +129,7 @@ def test_nonfinite_loss_skips_the_step(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_nonfinite_losses_in_a_row_save_and_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     work, cfg = fresh(tmp_path, "all_nan", "train.max_nonfinite=2")
-    monkeypatch.setattr(module_py, "generator_objective", nan_at(set(range(1, 100))))
+    monkeypatch.setattr(recipe_py, "generator_objective", nan_at(set(range(1, 100))))
     with pytest.raises(AetuneError, match="diverged at batch 2.*--precision 32 or a lower --learning_rate"):
         train(work, cfg)
     ckpt = final_state(work)

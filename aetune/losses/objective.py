@@ -48,6 +48,7 @@ def generator_objective(
     gan_last_layer: nn.Parameter | None,
     align_last_layer: nn.Parameter | None,
     gan_active: bool,
+    with_parts: bool = False,
 ) -> dict[str, Tensor]:
     """Autoencoder loss: ``nll + kl_weight KL + d_weight g_loss + vf_weight vf_loss``.
 
@@ -67,6 +68,8 @@ def generator_objective(
         align_last_layer: ``model.align_last_layer`` (encoder.conv_out.weight); needed with ``z_proj``
             when ``weights.vf_adaptive``.
         gan_active: whether the GAN term is on (the batch count has reached ``disc_start``).
+        with_parts: also return ``parts``: the weighted terms of ``total`` with their graphs (``rec``, ``kl``,
+            ``gan``, ``vf``), for per-term gradient norms.
 
     Returns:
         float32 0-dim tensors: ``total`` (with graph, to backpropagate) and, detached for logging,
@@ -101,7 +104,15 @@ def generator_objective(
             total = total + vf_weight * vf
     logs = {"nll_loss": nll, "rec_loss": rec, "kl_loss": kl, "g_loss": g_loss, "d_weight": d_weight}
     logs |= {"vf_loss": vf, "vf_weight": vf_weight, "vf_distmat": distmat, "vf_cos": cos}
-    return {"total": total, **{k: v.detach() for k, v in logs.items()}}
+    out = {"total": total, **{k: v.detach() for k, v in logs.items()}}
+    if with_parts:
+        parts = {"rec": nll, "kl": weights.kl_weight * kl}
+        if gan_active:
+            parts["gan"] = d_weight.detach() * g_loss
+        if z_proj is not None:
+            parts["vf"] = vf_weight.detach() * vf
+        out["parts"] = parts  # type: ignore[assignment]
+    return out
 
 
 def discriminator_objective(logits_real: Tensor, logits_fake: Tensor) -> dict[str, Tensor]:

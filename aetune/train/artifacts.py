@@ -48,6 +48,28 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+TRAINING_STATE_KEYS = ("optimizer_states", "lr_schedulers", "loops")
+"""What only resuming a stage needs: dropped once the stage is done (most of a ``last.ckpt``'s size)."""
+
+
+def strip_training_state(path: str | Path) -> int:
+    """Rewrite a done stage's ``last.ckpt`` without optimizer states; return the bytes freed (0 if none).
+
+    Later stages start from its weights and step 5 reads its metadata; neither needs Adam's moments, which
+    are two thirds of the file (Kaggle keeps 20 GB of output).
+    """
+    p = Path(path)
+    if not p.is_file():
+        return 0
+    ckpt = read_checkpoint(p)
+    if not any(k in ckpt for k in TRAINING_STATE_KEYS):
+        return 0
+    before = p.stat().st_size
+    slim = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE_KEYS}
+    atomic_torch_save(slim, p)
+    return max(0, before - p.stat().st_size)
+
+
 def split_stage_checkpoint(ckpt: dict[str, Any], source: str) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
     """A Lightning stage checkpoint -> (autoencoder state dict, discriminator state dict, metadata)."""
     if "aetune" not in ckpt or "state_dict" not in ckpt:
@@ -55,7 +77,9 @@ def split_stage_checkpoint(ckpt: dict[str, Any], source: str) -> tuple[dict[str,
             f"{source} is not an aetune checkpoint (no 'aetune' metadata); released weights go to --pretrained_path"
         )
     state = ckpt["state_dict"]
-    ae = {k.removeprefix("autoencoder."): v for k, v in state.items() if k.startswith("autoencoder.")}
+    # With EMA on, the averaged weights are the model (validated, chosen as best, exported).
+    prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else "autoencoder."
+    ae = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     d = {k.removeprefix("discriminator."): v for k, v in state.items() if k.startswith("discriminator.")}
     return ae, d, ckpt["aetune"]
 

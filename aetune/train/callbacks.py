@@ -2,8 +2,9 @@
 
 Lightning's own ``every_n_train_steps`` counts optimizer steps (two per batch with G and D, fewer with
 accumulation or skipped steps) and its time-based saving is ignored under manual optimisation, so
-``last.ckpt`` is saved here every N batches and whenever training ends, always when no gradients are
-pending, and written atomically (``AtomicCheckpointIO``): a crash mid-write keeps the previous file.
+``last.ckpt`` is saved here every N batches (when no gradients are pending) and whenever training ends (a
+window still open then is saved with it), and written atomically (``AtomicCheckpointIO``): a crash
+mid-write keeps the previous file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torchvision.utils import save_image
 
 from aetune.io import atomic_path, atomic_torch_save, atomic_write_json
@@ -41,6 +43,9 @@ def stop_without_validation(trainer: pl.Trainer) -> None:
     trainer.should_stop = True
 
 
+SIGTERM_REASON = "SIGTERM (the notebook was stopped or the session is ending)"
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a temporary file beside the target, then rename: never a half-written checkpoint."""
 
@@ -59,10 +64,11 @@ class StageLength(Callback):
 
 
 class SessionLimit(Callback):
-    """Stop cleanly before the session ends: after ``max_hours`` from ``started`` or ``max_batches`` batches.
+    """Stop cleanly before the session ends: after ``max_hours``, after ``max_batches`` batches, or on a SIGTERM.
 
-    Lightning's ``max_time`` is not used: it accumulates time over resumed runs. The decision is taken when
-    no gradients are pending (so ``last.ckpt`` resumes exactly) and reduced over DDP ranks (any rank).
+    Lightning's ``max_time`` is not used: it accumulates time over resumed runs. The deadline and batch limit
+    are taken when no gradients are pending (a smaller ``last.ckpt``); a SIGTERM (Lightning sets
+    ``trainer.received_sigterm``) stops after the current batch. Every decision is reduced over DDP ranks.
 
     Args:
         started: ``time.time()`` when this process started.
@@ -77,6 +83,12 @@ class SessionLimit(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: AutoencoderModule, *args: Any) -> None:
         self.batches += 1
+        sigterm = bool(getattr(trainer, "received_sigterm", False))
+        if trainer.strategy.reduce_boolean_decision(sigterm, all=False):
+            # No waiting for the window to close: the checkpoint keeps the window, and the kill follows soon.
+            self.reason = SIGTERM_REASON
+            stop_without_validation(trainer)
+            return
         if pl_module.window_open or trainer.should_stop:  # the stage is ending anyway, with its validation
             return
         reason = None
@@ -117,9 +129,12 @@ class LastCheckpoint(Callback):
             self.save(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: AutoencoderModule) -> None:
-        if pl_module.window_open:
-            log.info("training ended inside an accumulation window: its partial gradients are dropped")
         self.save(trainer, pl_module)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: AutoencoderModule, exception: BaseException) -> None:
+        """A SIGTERM during validation ends the fit with ``SIGTERMException``: save what was trained."""
+        if isinstance(exception, SIGTERMException) and pl_module.batches_seen > self.saved_at:
+            self.save(trainer, pl_module)
 
 
 class ValidationRecorder(Callback):

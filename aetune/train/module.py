@@ -1,54 +1,39 @@
-"""The LightningModule of step 4: autoencoder + PatchGAN under manual optimisation, two phases per batch.
+"""The generic LightningModule of step 4: one stage of any family's recipe under manual optimisation.
 
-Per batch: the generator phase (autoencoder and ``linear_proj``: reconstruction, KL, GAN and alignment
-terms, ``aetune.losses.generator_objective``), then the discriminator phase (hinge loss on real and on
-detached reconstructions, two separate calls as the released model), skipped entirely before
-``disc_start``. Gradients are accumulated by hand over ``gradient_accumulation`` batches; every schedule
-counts batches (``batches_seen``), never ``global_step``, which Lightning advances once per optimizer
-step. A non-finite loss or gradient skips that optimizer step; ``max_nonfinite`` in a row stop the run.
-The frozen teacher and LPIPS are siblings of the autoencoder and are left out of checkpoints.
+Per batch: the generator phase (``g``: the autoencoder's trainable part), then the discriminator phase (``d``)
+when the recipe has one and it is active for the batch. The recipe (``aetune.recipes``) builds the networks
+and computes each phase's objective; this module owns what every family shares: optimisers and learning-rate
+schedules per phase, accumulation over ``gradient_accumulation`` batches, clipping, one fp16 loss-scale
+update per window (``aetune.train.amp``), the non-finite guard, EMA of the generator, per-term gradient
+norms, checkpoint metadata and validation. Every schedule counts batches (``batches_seen``), never
+``global_step``, which Lightning advances once per optimizer step. Frozen networks are left out of
+checkpoints.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from aetune import metrics
 from aetune.config import Config
-from aetune.data.cache import to_model_range
 from aetune.errors import AetuneError
-from aetune.losses import ObjectiveWeights, build_lpips, discriminator_objective, generator_objective
-from aetune.models import FrozenTeacher, NLayerDiscriminator, create_autoencoder
-from aetune.train.callbacks import stop_without_validation
+from aetune.models import Autoencoder
+from aetune.recipes import StepContext, get_recipe
+from aetune.train.amp import update_scaler
 from aetune.train.rng import batch_seed, rng_state, set_rng_state
+from aetune.train.schedule import lr_at
 
 log = logging.getLogger(__name__)
 
-FROZEN_PREFIXES = ("teacher.", "perceptual.")
-"""State-dict groups rebuilt from their own weights, never written into checkpoints (DINOv2-L is 1.2 GB)."""
 PREVIEW_IMAGES = 8
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Run ``module`` without recording gradients for its parameters (inputs still get gradients)."""
-    states = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in states:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, state in states:
-            p.requires_grad_(state)
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
 class AutoencoderModule(pl.LightningModule):
@@ -56,9 +41,9 @@ class AutoencoderModule(pl.LightningModule):
 
     Args:
         cfg: the resolved config.
-        stage: the stage name (its loss weights: ``cfg.stage_loss(stage)``).
+        stage: the stage name (its loss options: ``cfg.stage_loss(stage)``).
         total_batches: batches this stage trains in all (across sessions).
-        learning_rate: Adam learning rate of both optimizers.
+        learning_rate: the generator's peak learning rate (the discriminator's unless ``train.d_learning_rate``).
         meta: plain-Python facts written into every checkpoint (dataset, labels, origin...).
     """
 
@@ -66,132 +51,107 @@ class AutoencoderModule(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.cfg, self.stage, self.total_batches, self.learning_rate = cfg, stage, total_batches, learning_rate
-        self.loss_cfg = cfg.stage_loss(stage)
-        self.weights = ObjectiveWeights(
-            **{f.name: getattr(self.loss_cfg, f.name) for f in dataclasses.fields(ObjectiveWeights)}
-        )
-        self.autoencoder = create_autoencoder(cfg.model.family, **cfg.model.args)
-        self.frozen_encoder = self.autoencoder.freeze_encoder_levels(cfg.model.freeze_encoder_levels)
-        self.autoencoder.set_gradient_checkpointing(cfg.model.gradient_checkpointing)
-        self.discriminator = NLayerDiscriminator(ndf=cfg.discriminator.ndf, n_layers=cfg.discriminator.n_layers)
-        self.memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-        self.autoencoder.to(memory_format=self.memory_format)
-        self.discriminator.to(memory_format=self.memory_format)
-        wants_lpips = self.loss_cfg.perceptual_weight > 0 or self.loss_cfg.lpips_pretrained
+        self.recipe = get_recipe(cfg.model.family)(cfg, stage)
         with torch.random.fork_rng(devices=[]):
-            # Frozen networks are not checkpointed: a random one (demo) must come out the same in every
-            # stage and session, so it gets its own fixed seed.
+            # Frozen networks are not checkpointed: a random one (demo, tests) must come out the same in every
+            # stage and session, so the networks get their own fixed seed.
             torch.manual_seed(batch_seed(cfg.train.seed, "frozen networks"))
-            self.teacher = self._build_teacher() if self.autoencoder.aligns else None
-            self.perceptual = build_lpips(self.loss_cfg.lpips_pretrained) if wants_lpips else None
-        self.meta = {
-            **meta,
-            "random_teacher": self.teacher is not None and not cfg.teacher.pretrained,
-            "lpips": self.loss_cfg.lpips_pretrained,
-        }
+            nets = self.recipe.build()
+        self.autoencoder: Autoencoder = nets.autoencoder
+        self.discriminator: nn.Module | None = nets.discriminator
+        for name, net in nets.frozen.items():
+            self.add_module(name, net)
+        self.frozen_prefixes = tuple(f"{name}." for name in nets.frozen)
+        self.recipe.attach(nets)
+        self.memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+        for net in (self.autoencoder, self.discriminator):
+            if net is not None and self.autoencoder.spatial_dims == 2:
+                net.to(memory_format=self.memory_format)
+        self.ema_cfg = cfg.stage_ema(stage)
+        self.ema: AveragedModel | None = None
+        if self.ema_cfg.decay > 0:
+            self.ema = AveragedModel(self.autoencoder, multi_avg_fn=get_ema_multi_avg_fn(self.ema_cfg.decay))
+            self.ema.requires_grad_(False)  # an average, never trained: DDP and the optimizers must not see it
+        self.meta = {**meta, "random_teacher": False, "lpips": False, **self.recipe.notes()}
         self.batches_seen = 0  # stage-wide batch counter: every schedule and the data order follow it
         self.nonfinite_streak = 0  # batches in a row with a skipped step
         self.nonfinite_total = 0
-        self._pending = {"g": False, "d": False}  # gradients accumulated in the open window
-        self._bad = {"g": False, "d": False}  # a non-finite loss in the open window: skip its step
+        self._pending = dict.fromkeys(self.recipe.phases, False)  # gradients accumulated in the open window
+        self._bad = dict.fromkeys(self.recipe.phases, False)  # a non-finite loss in the window: skip its step
         self._skipped_this_batch = False
         self.val_preview: tuple[Tensor, Tensor] | None = None
 
-    def _build_teacher(self) -> FrozenTeacher:
-        t = self.cfg.teacher
-        teacher = FrozenTeacher(t.name, pretrained=t.pretrained, normalize=t.normalize, weights_path=t.weights_path)
-        width = self.autoencoder.config["align_dim"]
-        if width != teacher.embed_dim:
-            raise AetuneError(
-                f"the latent projection is {width} wide but teacher {t.name} gives {teacher.embed_dim} channels: "
-                f"--set model.args.align_dim={teacher.embed_dim}"
-            )
-        if not t.pretrained:
-            log.warning("RANDOMLY INITIALISED teacher %s (teacher.pretrained: false): alignment is to noise", t.name)
-        return teacher
+    @property
+    def eval_autoencoder(self) -> Autoencoder:
+        """What validation, the best checkpoints and the export use: the EMA weights when EMA is on."""
+        return self.ema.module if self.ema is not None else self.autoencoder  # type: ignore[return-value]
+
+    def phase_lr(self, phase: str) -> float:
+        """The peak learning rate of ``phase``."""
+        d_lr = self.cfg.train.d_learning_rate
+        return d_lr if phase == "d" and d_lr is not None else self.learning_rate
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """Adam for the autoencoder's trainable parameters (incl. ``linear_proj``) and for the discriminator."""
-        betas = tuple(self.cfg.train.betas)
-        kw = {"lr": self.learning_rate, "betas": betas, "weight_decay": self.cfg.train.weight_decay}
-        trainable = [p for p in self.autoencoder.parameters() if p.requires_grad]
-        return [torch.optim.Adam(trainable, **kw), torch.optim.Adam(self.discriminator.parameters(), **kw)]
-
-    def gan_active(self, batch: int) -> bool:
-        """Whether the GAN term and D updates are on at stage batch ``batch`` (``disc_start`` -1: never)."""
-        return 0 <= self.loss_cfg.disc_start <= batch
+        """One optimiser per phase (Adam or AdamW, fused on CUDA outside fp16 loss scaling)."""
+        out = []
+        for phase in self.recipe.phases:
+            opt = self.cfg.stage_optimizer(self.stage, phase)
+            params = self.recipe.trainable(phase)
+            kw: dict[str, Any] = {"lr": self.phase_lr(phase), "betas": tuple(opt.betas)}
+            kw["weight_decay"] = opt.weight_decay
+            # Fused kernels unscale inside step(): clipping and grad-norm logs would see scaled gradients.
+            if self.device.type == "cuda" and self.trainer.precision != "16-mixed":
+                kw["fused"] = True
+            out.append(OPTIMIZERS[opt.name](params, **kw))
+        return out
 
     def batch_generator(self, device: torch.device) -> torch.Generator:
         """Noise for this batch, seeded by (seed, stage, batch, rank): identical after a resume."""
         seed = batch_seed(self.cfg.train.seed, self.stage, self.batches_seen, self.global_rank)
         return torch.Generator(device=device).manual_seed(seed)
 
-    def generator_terms(self, x: Tensor, gen: torch.Generator, gan_active: bool) -> tuple[dict[str, Tensor], Tensor]:
-        """Generator phase forward: images (B, 3, H, W) in [-1, 1] -> (loss terms, reconstruction)."""
-        posterior = self.autoencoder.encode(x).latent_dist
-        z = posterior.sample(generator=gen)  # (B, embed_dim, H/f, W/f)
-        x_rec = self.autoencoder.decode(z).sample
-        logits_fake = None
-        if gan_active:
-            with frozen(self.discriminator):  # the G loss must not leave gradients in D
-                logits_fake = self.discriminator(x_rec)
-        z_proj = feat = None
-        if self.teacher is not None and self.loss_cfg.vf_weight > 0:
-            z_proj = self.autoencoder.project(z)  # (B, align_dim, h, w)
-            feat = self.teacher(x, grid=tuple(z.shape[-2:]))  # (B, align_dim, h, w), no gradient
-        terms = generator_objective(
-            x,
-            x_rec,
-            posterior,
-            weights=self.weights,
-            perceptual=self.perceptual,
-            logits_fake=logits_fake,
-            z_proj=z_proj,
-            teacher_feat=feat,
-            gan_last_layer=self.autoencoder.gan_last_layer,
-            align_last_layer=self.autoencoder.align_last_layer,
-            gan_active=gan_active,
+    def _inputs(self, batch: Any) -> tuple[Tensor, Tensor]:
+        x, target = self.recipe.inputs(batch)
+        if x.ndim == 4:
+            x, target = (
+                x.contiguous(memory_format=self.memory_format),
+                target.contiguous(memory_format=self.memory_format),
+            )
+        return x, target
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, target = self._inputs(batch)
+        every = self.cfg.train.grad_norm_every
+        ctx = StepContext(
+            self.batches_seen, self.batch_generator(x.device), every > 0 and self.batches_seen % every == 0
         )
-        return terms, x_rec
-
-    def discriminator_terms(self, x: Tensor, x_rec: Tensor) -> dict[str, Tensor]:
-        """Discriminator phase forward on real ``x`` and detached ``x_rec`` (two calls: per-call BatchNorm)."""
-        return discriminator_objective(self.discriminator(x), self.discriminator(x_rec.detach()))
-
-    def images(self, batch: tuple[Tensor, Tensor]) -> Tensor:
-        """A loader batch -> images (B, 3, H, W) in [-1, 1], in the configured memory format."""
-        return to_model_range(batch[0]).contiguous(memory_format=self.memory_format)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x = self.images(batch)
-        gen = self.batch_generator(x.device)
-        if self.cfg.data.hflip:
-            flip = torch.rand(x.shape[0], generator=gen, device=x.device) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        gan_active = self.gan_active(self.batches_seen)
         self._skipped_this_batch = False
-        g_terms, x_rec = self.generator_terms(x, gen, gan_active)
-        self._backward("g", g_terms["total"])
-        logs = {
-            "train/g_total": g_terms["total"].detach(),
-            **{f"train/{k}": v for k, v in g_terms.items() if k != "total"},
-        }
-        if gan_active:
-            d_terms = self.discriminator_terms(x, x_rec)
-            self._backward("d", d_terms["total"])
-            logs |= {
-                "train/d_total": d_terms["total"].detach(),
-                "train/logits_real": d_terms["logits_real"],
-                "train/logits_fake": d_terms["logits_fake"],
-            }
+        g = self.recipe.generator_step(x, target, ctx)
+        logs = {"train/g_total": g.total.detach(), **{f"train/{k}": v for k, v in g.logs.items()}}
+        logs |= self._grad_norms(g.parts)
+        self._backward("g", g.total)
+        if "d" in self.recipe.phases and self.recipe.phase_active("d", self.batches_seen):
+            d = self.recipe.discriminator_step(x, target, g, ctx)
+            self._backward("d", d.total)
+            logs |= {"train/d_total": d.total.detach(), **{f"train/{k}": v for k, v in d.logs.items()}}
         self.batches_seen += 1
         if self.batches_seen % self.cfg.train.gradient_accumulation == 0 or self.batches_seen >= self.total_batches:
             self._close_window()
         self._count_nonfinite()
-        bar = ("train/g_total", "train/rec_loss", "train/vf_loss", "train/d_total")  # shown in the progress bar
+        bar = {"train/g_total", "train/d_total", *(f"train/{k}" for k in self.recipe.progress_keys)}
         self.log_dict({k: v for k, v in logs.items() if k not in bar}, on_step=True, on_epoch=False)
-        self.log_dict({k: logs[k] for k in bar if k in logs}, on_step=True, on_epoch=False, prog_bar=True)
+        self.log_dict({k: v for k, v in logs.items() if k in bar}, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/nonfinite_total", float(self.nonfinite_total), on_step=True, on_epoch=False)
+
+    def _grad_norms(self, parts: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``grad_norm/<term>``: each weighted loss term's gradient norm at the model's last layer."""
+        layer, out = self.recipe.grad_norm_layer, {}
+        for name, part in parts.items():
+            if not part.requires_grad:
+                continue
+            (grad,) = torch.autograd.grad(part, layer, retain_graph=True, allow_unused=True)
+            out[f"grad_norm/{name}"] = grad.detach().norm() if grad is not None else torch.zeros((), device=part.device)
+        return out
 
     def _backward(self, phase: str, loss: Tensor) -> None:
         """Backpropagate ``loss / accumulation``, unless it is non-finite on any rank (then mark the window bad)."""
@@ -204,17 +164,27 @@ class AutoencoderModule(pl.LightningModule):
 
     @property
     def window_open(self) -> bool:
-        """Gradients are accumulated but not yet applied (checkpoints wait for the window to close)."""
+        """Gradients are accumulated but not yet applied."""
         return any(self._pending.values()) or any(self._bad.values())
 
     def _close_window(self) -> None:
         """Step each optimizer that has clean accumulated gradients; drop the gradients of a bad window."""
-        for phase, opt in zip(("g", "d"), self.optimizers(), strict=True):
+        stepped = set()
+        for phase, opt in zip(self.recipe.phases, self.optimizers(), strict=True):
             if self._pending[phase] and not self._bad[phase]:
+                spec = self.cfg.stage_optimizer(self.stage, phase)
+                lr = lr_at(self.batches_seen - 1, self.phase_lr(phase), self.total_batches, spec)
+                for group in opt.param_groups:
+                    group["lr"] = lr
                 opt.step()
+                stepped.add(phase)
+                self.log(f"train/lr_{phase}", lr, on_step=True, on_epoch=False)
             opt.zero_grad(set_to_none=True)
-        self._pending = {"g": False, "d": False}
-        self._bad = {"g": False, "d": False}
+        update_scaler(self.trainer)
+        if self.ema is not None and "g" in stepped and self.batches_seen > self.ema_cfg.start_batch:
+            self.ema.update_parameters(self.autoencoder)
+        self._pending = dict.fromkeys(self.recipe.phases, False)
+        self._bad = dict.fromkeys(self.recipe.phases, False)
 
     def _count_nonfinite(self) -> None:
         if not self._skipped_this_batch:
@@ -231,15 +201,16 @@ class AutoencoderModule(pl.LightningModule):
                 self.cfg.train.max_nonfinite,
             )
         if self.nonfinite_streak >= self.cfg.train.max_nonfinite:
-            stop_without_validation(self.trainer)  # the decision was reduced over ranks in _backward
+            self.trainer.limit_val_batches = 0  # stop after this batch, without a validation (decision reduced)
+            self.trainer.should_stop = True
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Clip the (already unscaled, under fp16) gradients; a non-finite norm drops them: no update at all."""
+        """Log the (unscaled) gradient norm, clip when asked; a non-finite norm drops the gradients: no update."""
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         clip = self.cfg.train.gradient_clip_val
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-        name = "g" if optimizer is self.optimizers()[0].optimizer else "d"
-        self.log(f"train/grad_norm_{name}", norm, on_step=True, on_epoch=False)
+        phases = {id(opt.optimizer): phase for phase, opt in zip(self.recipe.phases, self.optimizers(), strict=True)}
+        self.log(f"train/grad_norm_{phases.get(id(optimizer), 'g')}", norm, on_step=True, on_epoch=False)
         if not torch.isfinite(norm):
             for p in params:
                 p.grad = None  # Adam skips parameters without gradients: the step is skipped, state intact
@@ -250,13 +221,13 @@ class AutoencoderModule(pl.LightningModule):
     def on_validation_model_zero_grad(self) -> None:
         """Keep gradients accumulated by hand across a validation (Lightning would drop them here)."""
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x = self.images(batch)
-        rec = self.autoencoder(x).float().clamp(-1.0, 1.0)  # posterior mode round trip
-        a, b = (x + 1.0) / 2.0, (rec + 1.0) / 2.0  # [-1, 1] -> [0, 1]
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, target = self._inputs(batch)
+        rec = self.recipe.reconstruct(self.eval_autoencoder, x)
+        a, b = (target.float() + 1.0) / 2.0, (rec + 1.0) / 2.0  # [-1, 1] -> [0, 1]
         values = {"val/psnr": metrics.psnr(a, b), "val/ssim": metrics.ssim(a, b, y_channel=True)}
-        if self.perceptual is not None and self.loss_cfg.lpips_pretrained:
-            values["val/lpips"] = metrics.lpips_distance(self.perceptual, a, b)
+        if self.recipe.lpips is not None:
+            values["val/lpips"] = metrics.lpips_distance(self.recipe.lpips, a, b)
         for k, v in values.items():
             self.log(
                 k,
@@ -272,11 +243,15 @@ class AutoencoderModule(pl.LightningModule):
             self.val_preview = (a[:PREVIEW_IMAGES].detach().cpu(), b[:PREVIEW_IMAGES].detach().cpu())
 
     @property
-    def stage_finished(self) -> bool:
-        """The stage ran its planned batches, or early stopping ended it (patience exhausted)."""
+    def early_stopped(self) -> bool:
+        """Early stopping ended the stage (patience exhausted) before its planned batches."""
         es = self.trainer.early_stopping_callback if self._trainer is not None else None
-        stopped = es is not None and es.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED
-        return self.batches_seen >= self.total_batches or stopped
+        return es is not None and es.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED
+
+    @property
+    def stage_finished(self) -> bool:
+        """The stage ran its planned batches, or early stopping ended it."""
+        return self.batches_seen >= self.total_batches or self.early_stopped
 
     def metadata(self) -> dict[str, Any]:
         """What a checkpoint says about itself (read by ``artifacts.load_autoencoder_checkpoint``)."""
@@ -286,12 +261,22 @@ class AutoencoderModule(pl.LightningModule):
             "model_config": self.autoencoder.config,
             "config": self.cfg.to_dict(),
             "stage": self.stage,
+            "ema": self.ema is not None,
         }
+
+    def _trainable_by_name(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
+        for key in [k for k in state if k.startswith(self.frozen_prefixes)]:
             del state[key]
+        # A save inside an accumulation window (a stop for non-finite losses, a SIGTERM) keeps the window:
+        # its flags and the gradients accumulated so far, so the resumed run steps exactly where this one would.
+        window = None
+        if self.window_open:
+            grads = {n: p.grad.detach().clone() for n, p in self._trainable_by_name().items() if p.grad is not None}
+            window = {"pending": dict(self._pending), "bad": dict(self._bad), "grads": grads}
         checkpoint["aetune"] = {
             **self.metadata(),
             "batches_seen": self.batches_seen,
@@ -300,7 +285,7 @@ class AutoencoderModule(pl.LightningModule):
             "early_stopped": self.stage_finished and self.batches_seen < self.total_batches,
             "nonfinite_streak": self.nonfinite_streak,
             "nonfinite_total": self.nonfinite_total,
-            "window_open": self.window_open,
+            "window": window,
             "rng": rng_state(),
         }
 
@@ -311,7 +296,16 @@ class AutoencoderModule(pl.LightningModule):
                 f"a {meta['family']} stage {meta['stage']} checkpoint cannot resume {self.cfg.model.family} "
                 f"stage {self.stage}"
             )
-        checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith(FROZEN_PREFIXES)})
+        state = checkpoint["state_dict"]
+        state.update({k: v for k, v in self.state_dict().items() if k.startswith(self.frozen_prefixes)})
+        if self.ema is not None and not any(k.startswith("ema.") for k in state):
+            raise AetuneError(f"stage {self.stage}'s checkpoint has no EMA weights: keep train.ema as it was saved")
         self.batches_seen = meta["batches_seen"]
         self.nonfinite_streak, self.nonfinite_total = meta["nonfinite_streak"], meta["nonfinite_total"]
+        window = meta.get("window")
+        if window is not None:
+            self._pending, self._bad = dict(window["pending"]), dict(window["bad"])
+            params = self._trainable_by_name()
+            for name, grad in window["grads"].items():
+                params[name].grad = grad.to(params[name].device).clone()
         set_rng_state(meta["rng"])

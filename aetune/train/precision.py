@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
 
 from aetune.env import ENVIRONMENT_FILE, GpuFact, advise_precision, assert_gpus_usable, gpu_facts
 from aetune.errors import AetuneError
@@ -36,6 +38,8 @@ class DevicePlan:
         world_size: number of processes (DDP when > 1).
         precision: Lightning precision (``32-true``, ``16-mixed``, ``bf16-mixed``).
         reason: why that precision, in words.
+        num_nodes: machines (``--num_nodes``; torchrun / SLURM launch the processes on each).
+        strategy: ``ddp`` or ``fsdp`` (shards parameters, gradients and optimizer states over the devices).
     """
 
     accelerator: str
@@ -43,6 +47,23 @@ class DevicePlan:
     world_size: int
     precision: str
     reason: str
+    num_nodes: int = 1
+    strategy: str = "ddp"
+
+
+STRATEGIES = ("ddp", "fsdp")
+
+
+def training_strategy(plan: DevicePlan) -> Any:
+    """Lightning's strategy for ``plan``: ``auto`` on one device, DDP or FSDP on several.
+
+    ``find_unused_parameters``: the discriminator idles before ``disc_start`` and in the generator phase.
+    """
+    if plan.world_size == 1:
+        return "auto"
+    if plan.strategy == "fsdp":
+        return FSDPStrategy(sharding_strategy="FULL_SHARD")
+    return DDPStrategy(find_unused_parameters=True)
 
 
 def parse_devices(text: str | None, accelerator: str) -> list[int] | int:
@@ -114,7 +135,14 @@ def check_precision(precision: str, accelerator: str, gpus: list[GpuFact]) -> st
     return name
 
 
-def plan_devices(accelerator: str, devices: str | None, precision: str | None, work_dir: Path) -> DevicePlan:
+def plan_devices(
+    accelerator: str,
+    devices: str | None,
+    precision: str | None,
+    work_dir: Path,
+    num_nodes: int = 1,
+    strategy: str = "ddp",
+) -> DevicePlan:
     """Decide accelerator, devices and precision (see the module docstring).
 
     Raises:
@@ -127,7 +155,11 @@ def plan_devices(accelerator: str, devices: str | None, precision: str | None, w
         assert isinstance(chosen, list)
         gpus = [g for g in gpu_facts() if g.index in chosen]
         assert_gpus_usable(gpus)
-    world = len(chosen) if isinstance(chosen, list) else chosen
+    if num_nodes < 1:
+        raise AetuneError(f"--num_nodes {num_nodes}: give 1 or more machines")
+    if strategy not in STRATEGIES:
+        raise AetuneError(f"--strategy {strategy}: use one of {', '.join(STRATEGIES)}")
+    world = (len(chosen) if isinstance(chosen, list) else chosen) * num_nodes
     if precision is not None:
         name, reason = check_precision(precision, accelerator, gpus), "asked for (--precision / train.precision)"
     elif accelerator == "cpu":
@@ -140,4 +172,4 @@ def plan_devices(accelerator: str, devices: str | None, precision: str | None, w
         elif recorded is not None:
             log.warning("environment.json advises %s (written on other GPUs?); using %s for these", recorded[0], live)
         name = check_precision(live, accelerator, gpus)
-    return DevicePlan(accelerator, chosen, world, name, reason)
+    return DevicePlan(accelerator, chosen, world, name, reason, num_nodes, strategy)

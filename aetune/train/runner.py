@@ -9,18 +9,19 @@ only, and every rank takes the same decisions from the same files.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
-from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from aetune.config import Config, dump_config
@@ -29,10 +30,22 @@ from aetune.data.prepare import prepare_dataset
 from aetune.data.prepared import SPLIT_FILE, PreparedData, data_dir, load_prepared
 from aetune.errors import AetuneError
 from aetune.io import atomic_write_text
-from aetune.models import load_weights, read_state_dict
-from aetune.models.loading import DISCRIMINATOR_PREFIX
-from aetune.train.artifacts import final_model_path, read_checkpoint, split_stage_checkpoint, write_final_model
-from aetune.train.callbacks import AtomicCheckpointIO, LastCheckpoint, SessionLimit, StageLength, ValidationRecorder
+from aetune.train.amp import WindowMixedPrecision
+from aetune.train.artifacts import (
+    final_model_path,
+    read_checkpoint,
+    split_stage_checkpoint,
+    strip_training_state,
+    write_final_model,
+)
+from aetune.train.callbacks import (
+    SIGTERM_REASON,
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    SessionLimit,
+    StageLength,
+    ValidationRecorder,
+)
 from aetune.train.csvlog import StageCSVLogger
 from aetune.train.module import AutoencoderModule
 from aetune.train.plan import (
@@ -47,7 +60,7 @@ from aetune.train.plan import (
     relative,
     stage_dir,
 )
-from aetune.train.precision import DevicePlan, plan_devices
+from aetune.train.precision import DevicePlan, plan_devices, training_strategy
 from aetune.train.rng import batch_seed
 from aetune.train.summary import stage_summary
 
@@ -78,6 +91,8 @@ class TrainRequest:
     resume_from: Path | None = None
     allow_stage_gap: bool = False
     detect_anomaly: bool = False
+    num_nodes: int = 1  # machines (torchrun / SLURM start the processes on each)
+    strategy: str = "ddp"  # ddp | fsdp
     max_hours: float | None = None
     stop_after_batches: int | None = None
     started: float = field(default_factory=time.time)  # this process's start: the deadline counts from it
@@ -86,7 +101,8 @@ class TrainRequest:
 
 @dataclass
 class TrainResult:
-    """How the session ended: ``done`` (all requested stages) or ``session_limit`` (saved, resumable)."""
+    """How the session ended: ``done`` (all requested stages), ``session_limit`` or ``interrupted`` (a SIGTERM);
+    the last two saved ``last.ckpt`` and resume with the same command."""
 
     status: str
     stages_done: list[str]
@@ -120,11 +136,13 @@ def run_training(req: TrainRequest) -> TrainResult:
     if req.resume_from is not None and primary and import_session(req.resume_from, req.work_dir):
         log.info("imported the previous session from %s", req.resume_from)
     prepared = ensure_prepared(req, primary)
-    plan = plan_devices(req.accelerator, req.devices, req.cfg.train.precision, req.work_dir)
-    cfg = req.cfg
-    state = RunState.load(req.work_dir) or RunState(
-        cfg.model.family, cfg.preset, prepared.name, random_teacher=not cfg.teacher.pretrained
+    plan = plan_devices(
+        req.accelerator, req.devices, req.cfg.train.precision, req.work_dir, req.num_nodes, req.strategy
     )
+    req.cfg = cfg = apply_global_batch(req.cfg, plan.world_size)
+    teacher = cfg.sections.get("teacher")
+    random_teacher = teacher is not None and not teacher.pretrained
+    state = RunState.load(req.work_dir) or RunState(cfg.model.family, cfg.preset, prepared.name, random_teacher)
     state.check_matches(cfg, prepared.name)
     check_order(req.stages, state, cfg, req.allow_stage_gap)
     if not state.stages:
@@ -161,6 +179,32 @@ def run_training(req: TrainRequest) -> TrainResult:
             state.save(req.work_dir)
 
 
+def apply_global_batch(cfg: Config, world_size: int) -> Config:
+    """``train.global_batch_size`` -> per-device batch and accumulation for ``world_size`` processes.
+
+    The per-device batch is the largest divisor of ``global / world_size`` not above ``train.batch_size``
+    (the most a device holds); accumulation makes up the rest. The choice is logged.
+
+    Raises:
+        AetuneError: a global batch that the devices cannot share evenly.
+    """
+    wanted = cfg.train.global_batch_size
+    if wanted is None:
+        return cfg
+    if wanted % world_size:
+        raise AetuneError(
+            f"--global_batch_size {wanted} does not divide over {world_size} device(s): use a multiple of {world_size}"
+        )
+    share = wanted // world_size
+    per_device = max(b for b in range(1, min(share, cfg.train.batch_size) + 1) if share % b == 0)
+    accumulation = share // per_device
+    log.info(
+        "global batch %d = %d per device x %d device(s) x %d accumulation", wanted, per_device, world_size, accumulation
+    )
+    train = dataclasses.replace(cfg.train, batch_size=per_device, gradient_accumulation=accumulation)
+    return dataclasses.replace(cfg, train=train)
+
+
 def finish(req: TrainRequest, state: RunState) -> Path:
     """Write ``<family>_<dataset>_final.pt`` from the last requested stage's final checkpoint."""
     record = state.stages[req.stages[-1]]
@@ -183,7 +227,8 @@ def init_stage_weights(module: AutoencoderModule, stage: str, state: RunState, r
                 f"{source} was trained with model {meta['model_config']}, not {module.autoencoder.config}"
             )
         module.autoencoder.load_state_dict(ae)
-        module.discriminator.load_state_dict(d)
+        if module.discriminator is not None and d:
+            module.discriminator.load_state_dict(d)
         if req.pretrained_path:
             log.info("--pretrained_path is not used: stage %s starts from stage %s's weights", stage, meta["stage"])
         return f"stage {meta['stage']} final weights ({relative(source, req.work_dir)})"
@@ -192,13 +237,7 @@ def init_stage_weights(module: AutoencoderModule, stage: str, state: RunState, r
     if req.pretrained_path is None:
         log.warning("stage %s starts from RANDOM weights: no --pretrained_path was given", stage)
         return "random initialisation (no --pretrained_path)"
-    weights, name = read_state_dict(req.pretrained_path)
-    with_d = any(k.startswith(DISCRIMINATOR_PREFIX) for k in weights)
-    report = load_weights(module.autoencoder, weights, discriminator=module.discriminator if with_d else None)
-    log.info("%s", report.summary())
-    if not with_d:
-        log.warning("%s has no discriminator: the PatchGAN starts from random weights", name)
-    return f"pretrained {name} ({'with' if with_d else 'without'} its discriminator)"
+    return module.recipe.load_pretrained(str(req.pretrained_path))
 
 
 def build_trainer(
@@ -208,29 +247,69 @@ def build_trainer(
     loggers: list[Logger] = [StageCSVLogger(folder)]
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         loggers.append(TensorBoardLogger(save_dir=folder, name="tensorboard", version=""))
-    ddp = plan.world_size > 1
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    precision: str | None = plan.precision
+    if plan.precision == "16-mixed":
+        plugins.append(WindowMixedPrecision("16-mixed", "cuda"))  # one scale update per accumulation window
+        precision = None
     return pl.Trainer(
         accelerator=plan.accelerator,
         devices=plan.devices,
-        # find_unused_parameters: the discriminator idles before disc_start and in the generator phase.
-        strategy=DDPStrategy(find_unused_parameters=True) if ddp else "auto",
+        num_nodes=plan.num_nodes,
+        strategy=training_strategy(plan),
         # D runs separately on real and fake batches; SyncBatchNorm gives each call the global batch
         # statistics on GPUs. It has no CPU kernels: CPU DDP keeps per-rank BatchNorm statistics.
-        sync_batchnorm=ddp and plan.accelerator == "gpu",
-        precision=plan.precision,
+        sync_batchnorm=plan.world_size > 1 and plan.accelerator == "gpu",
+        precision=precision,
         max_epochs=-1,  # StageLength stops by batch count, across sessions
         val_check_interval=req.cfg.train.val_every_n_steps,
         check_val_every_n_epoch=None,  # validate every N batches of the stage, not per epoch
         num_sanity_val_steps=0,
         logger=loggers,
         callbacks=[*callbacks, TQDMProgressBar(refresh_rate=10)] if req.progress_bar else callbacks,
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
         default_root_dir=folder,
         log_every_n_steps=max(1, min(10, per_epoch)),
         detect_anomaly=req.detect_anomaly,
         use_distributed_sampler=False,  # StageBatchSampler shards by rank itself
         enable_progress_bar=req.progress_bar,
     )
+
+
+def monitor_mode(monitor: str) -> str:
+    """``min`` for distances and losses (LPIPS, rFID, ``*loss*``), ``max`` for PSNR, SSIM, scores."""
+    name = monitor.rsplit("/", 1)[-1]
+    return "min" if name in ("lpips", "rfid") or "loss" in name else "max"
+
+
+def stage_patience(cfg: Config, stage: str, gan_in_stage: bool) -> int:
+    """Early-stopping patience of ``stage``: its own, else ``train.patience`` without a GAN and off with one.
+
+    A GAN trades PSNR for realism by design: a PSNR monitor would stop such a stage at its first validation.
+    """
+    own = cfg.stage(stage).patience
+    if own is not None:
+        return own
+    return 0 if gan_in_stage else cfg.train.patience
+
+
+def stage_learning_rate(cfg: Config, stage: str, origin: str) -> float:
+    """The stage's own rate, else ``train.learning_rate``, else the seed's rule by origin."""
+    for lr in (cfg.stage(stage).learning_rate, cfg.train.learning_rate):
+        if lr is not None:
+            return lr
+    return FINETUNE_LR if origin == "pretrained" else SCRATCH_LR
+
+
+def trainable_summary(module: AutoencoderModule) -> str:
+    """``trainable 12,345 of 67,890 autoencoder parameters; discriminator 2,765,633``."""
+    ae = module.autoencoder
+    trained = sum(p.numel() for p in module.recipe.trainable("g"))
+    total = sum(p.numel() for p in ae.parameters())
+    text = f"trainable {trained:,} of {total:,} autoencoder parameters"
+    if module.discriminator is not None:
+        text += f"; discriminator {sum(p.numel() for p in module.discriminator.parameters()):,}"
+    return text
 
 
 def run_stage(
@@ -247,8 +326,16 @@ def run_stage(
     per_epoch = batches_per_epoch(len(prepared.train), cfg.train.batch_size, plan.world_size)
     total = spec.epochs * per_epoch
     total = min(total, spec.max_steps) if spec.max_steps > 0 else total
-    lr = cfg.train.learning_rate
-    lr = lr if lr is not None else FINETUNE_LR if state.origin == "pretrained" else SCRATCH_LR
+    if resumed is not None and resumed["total_batches"] != total:
+        log.warning(
+            "stage %s was planned as %d batches and is now %d (devices or batch size changed): keeping %d",
+            stage,
+            resumed["total_batches"],
+            total,
+            resumed["total_batches"],
+        )
+        total = resumed["total_batches"]
+    lr = stage_learning_rate(cfg, stage, state.origin)
     meta = {"dataset": prepared.name, "labels": prepared.labels, "origin": state.origin, "world_size": plan.world_size}
     module = AutoencoderModule(cfg, stage, total, lr, meta)
     if resumed is not None:
@@ -267,20 +354,28 @@ def run_stage(
     else:
         record.init = init_stage_weights(module, stage, state, req)
         log.info("stage %s: %d batches (%d epochs), lr %g, from %s", stage, total, spec.epochs, lr, record.init)
+    log.info("stage %s: %s, %d px", stage, trainable_summary(module), cfg.stage_image_size(stage))
     record.status, record.planned_batches, state.current_stage = "running", total, stage
     if primary:
         atomic_write_text(folder / "config.yaml", dump_config(cfg))
         state.save(req.work_dir)
+    monitor = spec.monitor or cfg.train.monitor
+    metric = monitor.rsplit("/", 1)[-1]
     best = ModelCheckpoint(
         dirpath=folder,
-        filename="best-b{batches:07.0f}-psnr{val/psnr:.2f}",
-        monitor="val/psnr",
-        mode="max",
+        filename=f"best-b{{batches:07.0f}}-{metric}{{{monitor}:.4f}}",
+        monitor=monitor,
+        mode=monitor_mode(monitor),
         save_top_k=2,
         save_weights_only=True,  # a third of the size: best checkpoints are for using, last.ckpt for resuming
         auto_insert_metric_name=False,
     )
-    early = EarlyStopping(monitor="val/psnr", mode="max", patience=cfg.train.patience, check_finite=True)
+    gan = "d" in module.recipe.phases and module.recipe.phase_active("d", max(0, total - 1))
+    patience = stage_patience(cfg, stage, gan)
+    # Patience 0 keeps the callback for its non-finite check only (a diverged validation still stops the run).
+    early = EarlyStopping(monitor=monitor, mode=monitor_mode(monitor), patience=patience or 10**9, check_finite=True)
+    if patience == 0:
+        log.info("stage %s: no early stopping (%s)", stage, "GAN stage" if gan else "patience 0")
 
     def on_saved(m: AutoencoderModule) -> None:
         record.batches, record.last = m.batches_seen, relative(last, req.work_dir)
@@ -289,7 +384,7 @@ def run_stage(
         state.last_good_checkpoint = record.last
         state.save(req.work_dir)
 
-    notes = {"stage": stage, "random_teacher": module.meta["random_teacher"], "lpips": module.meta["lpips"]}
+    notes = {"stage": stage, **module.recipe.notes()}
     callbacks = [
         StageLength(),
         limit,
@@ -301,7 +396,7 @@ def run_stage(
     data = ImageDataModule(
         prepared,
         req.work_dir,
-        cfg.data.image_size,
+        cfg.stage_image_size(stage),
         cfg.train.batch_size,
         cfg.data.num_workers,
         cfg.data.cache,
@@ -317,6 +412,8 @@ def run_stage(
         trainer.fit(module, datamodule=data, ckpt_path=last if resumed is not None else None)
     if primary:
         print(stage_summary(stage, module, best, time.time() - t0, limit.batches - session_batches, plan, folder, cfg))
+    if limit.reason == SIGTERM_REASON:
+        return TrainResult("interrupted", [], None, stage, limit.reason, module.batches_seen, total)
     if module.stage_finished:
         return mark_done(stage, state, module.batches_seen, module.batches_seen < total, req)
     if limit.reason is not None:
@@ -326,21 +423,36 @@ def run_stage(
         or module.nonfinite_streak >= cfg.train.max_nonfinite
     ):
         raise AetuneError(
-            f"stage {stage} diverged at batch {module.batches_seen} (non-finite losses or validation PSNR; "
+            f"stage {stage} diverged at batch {module.batches_seen} (non-finite losses or validation metrics; "
             f"{module.nonfinite_total} skipped steps), saved in {last} with the best checkpoints beside it: "
             "re-run with --precision 32 or a lower --learning_rate"
         )
     raise RuntimeError(f"stage {stage} stopped at batch {module.batches_seen} of {total} for no known reason")
 
 
+def prune_earlier_stages(stage: str, state: RunState, req: TrainRequest) -> None:
+    """Drop the optimizer states of the done stages before ``stage``: later stages and step 5 need only their
+    weights, and at full size each state is ~0.6 GB of Kaggle's 20 GB. The newest done stage keeps its own,
+    so it can still be extended."""
+    plan = list(req.cfg.train.stages)
+    for earlier in plan[: plan.index(stage)]:
+        if earlier in state.stages_done:
+            path = stage_dir(req.work_dir, earlier) / LAST_CKPT
+            freed = strip_training_state(path)
+            if freed:
+                log.info("stage %s: dropped its optimizer state from %s (%.2f GB freed)", earlier, path, freed / 2**30)
+
+
 def mark_done(stage: str, state: RunState, batches: int, early: bool, req: TrainRequest) -> TrainResult:
     """Record ``stage`` as finished in the run state."""
     record = state.record(stage)
     record.status, record.batches, record.early_stopped, record.finished = "done", batches, early, now()
-    record.last = relative(stage_dir(req.work_dir, stage) / LAST_CKPT, req.work_dir)
+    last = stage_dir(req.work_dir, stage) / LAST_CKPT
+    record.last = relative(last, req.work_dir)
     if stage not in state.stages_done:
         state.stages_done.append(stage)
     if is_primary():
+        prune_earlier_stages(stage, state, req)
         state.save(req.work_dir)
     return TrainResult(
         "done", list(state.stages_done), stage=stage, batches=batches, total_batches=record.planned_batches

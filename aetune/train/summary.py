@@ -32,17 +32,21 @@ def stage_summary(
     cfg: Config,
 ) -> str:
     """Best PSNR, batches, time, throughput and where the files are, as aligned text lines."""
+    monitor = best.monitor or "val/psnr"
     if module.stage_finished:
         early = module.batches_seen < module.total_batches
-        status = "done (early stopping: no PSNR gain)" if early else "done"
+        status = (
+            f"done EARLY at batch {module.batches_seen:,} of {module.total_batches:,}: early stopping saw no "
+            f"{monitor} gain; the rest of the planned batches were not trained"
+            if early
+            else "done"
+        )
     else:
         status = "stopped inside the stage (resume with the same command)"
     images = session_batches * cfg.train.batch_size * plan.world_size
     rate = images / seconds if seconds > 0 else 0.0
     score = best.best_model_score
-    best_line = (
-        f"{float(score):.2f} dB  ({Path(best.best_model_path).name})" if score is not None else "no validation yet"
-    )
+    best_line = f"{float(score):.4g}  ({Path(best.best_model_path).name})" if score is not None else "no validation yet"
     rows = [
         ("status", status),
         (
@@ -50,7 +54,7 @@ def stage_summary(
             f"{module.batches_seen:,} of {module.total_batches:,} (this session {session_batches:,}); "
             f"{module.nonfinite_total} skipped for non-finite values",
         ),
-        ("best PSNR", best_line),
+        (f"best {monitor}", best_line),
         (
             "time",
             f"{duration(seconds)} this session, {rate:.1f} images/s incl. validation "

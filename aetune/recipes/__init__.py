@@ -1,0 +1,51 @@
+"""Training recipes by family name: ``get_recipe("vavae")`` -> the ``Recipe`` subclass step 4 trains with.
+
+A family is: its model (``aetune/models``, ``register_family``), its config sections (``aetune/options``,
+``register_schema``) and its recipe (here, ``register_recipe``). The contract tests
+(``tests/test_family_contract.py``) run for every family registered here.
+"""
+
+from __future__ import annotations
+
+from aetune.errors import AetuneError
+from aetune.recipes.base import Networks, PhaseResult, Recipe, StepContext, frozen
+
+_RECIPES: dict[str, type[Recipe]] = {}
+
+
+def register_recipe(family: str, cls: type[Recipe]) -> type[Recipe]:
+    """Register ``cls`` as the recipe of ``family`` (re-registering the same class is a no-op)."""
+    known = _RECIPES.get(family)
+    if known is not None and known.__qualname__ != cls.__qualname__:
+        raise ValueError(f"family '{family}' already has the recipe {known.__qualname__}")
+    _RECIPES[family] = cls
+    return cls
+
+
+def get_recipe(family: str) -> type[Recipe]:
+    """The recipe class of ``family``; one error line listing the trainable families otherwise."""
+    if family not in _RECIPES:
+        raise AetuneError(f"family '{family}' has no training recipe; trainable: {', '.join(list_recipes())}")
+    return _RECIPES[family]
+
+
+def list_recipes() -> list[str]:
+    """Families that can be trained, sorted."""
+    return sorted(_RECIPES)
+
+
+from aetune.recipes import autoencoders  # noqa: E402  (registers the built-in recipes)
+
+register_recipe("kl", autoencoders.KLRecipe)
+register_recipe("vavae", autoencoders.VAVAERecipe)
+
+__all__ = [
+    "Networks",
+    "PhaseResult",
+    "Recipe",
+    "StepContext",
+    "frozen",
+    "get_recipe",
+    "list_recipes",
+    "register_recipe",
+]

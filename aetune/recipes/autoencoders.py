@@ -1,0 +1,155 @@
+"""Recipes of the LDM KL-VAE (``kl``) and VA-VAE (``vavae``) families: LightningDiT's ``LPIPSWithDiscriminator``.
+
+Generator phase: reconstruction (L1 + LPIPS), KL, adaptive GAN term after ``disc_start`` and, for VA-VAE,
+the VF alignment of ``linear_proj(z)`` to a frozen DINOv2 (``aetune.losses.generator_objective``).
+Discriminator phase: hinge loss on real and detached reconstructions, two separate calls as the released
+model (per-call BatchNorm statistics). Numbers: ``tests/test_fidelity.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from aetune.data.cache import to_model_range
+from aetune.errors import AetuneError
+from aetune.losses import ObjectiveWeights, build_lpips, discriminator_objective, generator_objective
+from aetune.models import FrozenTeacher, NLayerDiscriminator, create_autoencoder, load_weights, read_state_dict
+from aetune.models.loading import DISCRIMINATOR_PREFIX
+from aetune.recipes.base import Networks, PhaseResult, Recipe, StepContext, frozen
+
+log = logging.getLogger(__name__)
+
+
+class KLRecipe(Recipe):
+    """The LDM KL-VAE objective with a PatchGAN (``kl``); ``vavae`` adds the alignment teacher."""
+
+    progress_keys = ("rec_loss", "vf_loss")
+
+    def build(self) -> Networks:
+        cfg = self.cfg
+        autoencoder = create_autoencoder(cfg.model.family, **cfg.model.args)
+        self.frozen_encoder = autoencoder.freeze_encoder_levels(cfg.model.freeze_encoder_levels)
+        autoencoder.set_gradient_checkpointing(cfg.model.gradient_checkpointing)
+        disc = NLayerDiscriminator(ndf=cfg.discriminator.ndf, n_layers=cfg.discriminator.n_layers)
+        nets: dict[str, nn.Module] = {}
+        if self.loss.perceptual_weight > 0 or self.loss.lpips_pretrained:
+            nets["perceptual"] = build_lpips(self.loss.lpips_pretrained)
+        teacher = self.build_teacher(autoencoder)
+        if teacher is not None:
+            nets["teacher"] = teacher
+        return Networks(autoencoder, disc, nets)
+
+    def build_teacher(self, autoencoder: nn.Module) -> FrozenTeacher | None:
+        """The alignment teacher (VA-VAE only)."""
+        return None
+
+    @property
+    def weights(self) -> ObjectiveWeights:
+        names = {f.name for f in dataclasses.fields(ObjectiveWeights)}
+        return ObjectiveWeights(**{k: v for k, v in dataclasses.asdict(self.loss).items() if k in names})
+
+    def phase_active(self, phase: str, batch: int) -> bool:
+        """The GAN term and D updates are on from ``disc_start`` (-1: never)."""
+        return phase == "g" or 0 <= self.loss.disc_start <= batch
+
+    def inputs(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """(uint8 images (B, 3, H, W), labels) -> the images in [-1, 1], twice (reconstruction)."""
+        x = to_model_range(batch[0])
+        return x, x
+
+    def augment(self, x: Tensor, ctx: StepContext) -> Tensor:
+        """Random horizontal flips when ``data.hflip`` (off by default: a flip reverses time)."""
+        if not self.cfg.data.hflip:
+            return x
+        flip = torch.rand(x.shape[0], generator=ctx.generator, device=x.device) < 0.5
+        return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+    @property
+    def perceptual(self) -> nn.Module | None:
+        assert self.nets is not None
+        return self.nets.frozen.get("perceptual")
+
+    @property
+    def teacher(self) -> FrozenTeacher | None:
+        assert self.nets is not None
+        return self.nets.frozen.get("teacher")  # type: ignore[return-value]
+
+    @property
+    def lpips(self) -> nn.Module | None:
+        return self.perceptual if self.loss.lpips_pretrained else None
+
+    def generator_step(self, x: Tensor, target: Tensor, ctx: StepContext) -> PhaseResult:
+        x = self.augment(x, ctx)
+        gan_active = self.phase_active("d", ctx.batch)
+        posterior = self.autoencoder.encode(x).latent_dist
+        z = posterior.sample(generator=ctx.generator)  # (B, embed_dim, H/f, W/f)
+        x_rec = self.autoencoder.decode(z).sample
+        logits_fake = None
+        if gan_active:
+            with frozen(self.discriminator):  # the G loss must not leave gradients in D
+                logits_fake = self.discriminator(x_rec)
+        z_proj = feat = None
+        if self.teacher is not None and self.loss.vf_weight > 0:
+            z_proj = self.autoencoder.project(z)  # (B, align_dim, h, w)
+            feat = self.teacher(x, grid=tuple(z.shape[-2:]))  # (B, align_dim, h, w), no gradient
+        terms = generator_objective(
+            x,
+            x_rec,
+            posterior,
+            weights=self.weights,
+            perceptual=self.perceptual,
+            logits_fake=logits_fake,
+            z_proj=z_proj,
+            teacher_feat=feat,
+            gan_last_layer=self.autoencoder.gan_last_layer,
+            align_last_layer=self.autoencoder.align_last_layer,
+            gan_active=gan_active,
+            with_parts=ctx.parts,
+        )
+        parts = terms.pop("parts", {})
+        total = terms.pop("total")
+        return PhaseResult(total, terms, parts, {"x": x, "x_rec": x_rec})  # type: ignore[arg-type]
+
+    def discriminator_step(self, x: Tensor, target: Tensor, g: PhaseResult, ctx: StepContext) -> PhaseResult:
+        """Hinge loss on real ``x`` and the detached reconstruction (two calls: per-call BatchNorm)."""
+        real, fake = g.carry["x"], g.carry["x_rec"].detach()
+        terms = discriminator_objective(self.discriminator(real), self.discriminator(fake))
+        return PhaseResult(terms["total"], {"logits_real": terms["logits_real"], "logits_fake": terms["logits_fake"]})
+
+    def notes(self) -> dict[str, Any]:
+        return {"random_teacher": False, "lpips": self.loss.lpips_pretrained}
+
+    def load_pretrained(self, path: str) -> str:
+        """Released LightningDiT weights (full checkpoint or state dict), with the discriminator when it has one."""
+        weights, name = read_state_dict(path)
+        with_d = any(k.startswith(DISCRIMINATOR_PREFIX) for k in weights)
+        report = load_weights(self.autoencoder, weights, discriminator=self.discriminator if with_d else None)
+        log.info("%s", report.summary())
+        if not with_d:
+            log.warning("%s has no discriminator: the PatchGAN starts from random weights", name)
+        return f"pretrained {name} ({'with' if with_d else 'without'} its discriminator)"
+
+
+class VAVAERecipe(KLRecipe):
+    """VA-VAE: the KL-VAE objective plus VF alignment to a frozen DINOv2 teacher."""
+
+    def build_teacher(self, autoencoder: nn.Module) -> FrozenTeacher:
+        t = self.cfg.teacher
+        teacher = FrozenTeacher(t.name, pretrained=t.pretrained, normalize=t.normalize, weights_path=t.weights_path)
+        width = autoencoder.config["align_dim"]
+        if width != teacher.embed_dim:
+            raise AetuneError(
+                f"the latent projection is {width} wide but teacher {t.name} gives {teacher.embed_dim} channels: "
+                f"--set model.args.align_dim={teacher.embed_dim}"
+            )
+        if not t.pretrained:
+            log.warning("RANDOMLY INITIALISED teacher %s (teacher.pretrained: false): alignment is to noise", t.name)
+        return teacher
+
+    def notes(self) -> dict[str, Any]:
+        return {**super().notes(), "random_teacher": not self.cfg.teacher.pretrained}

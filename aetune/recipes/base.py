@@ -1,0 +1,176 @@
+"""What a family's recipe provides to the generic training module (``aetune.train.module``).
+
+A recipe builds the networks of one stage (the autoencoder, an optional discriminator, frozen networks) and
+computes each phase's objective from a batch. The module owns everything else: optimisers and schedules,
+accumulation, clipping, loss scaling, the non-finite guard, EMA, checkpoints and validation. A recipe never
+steps an optimizer and never calls ``backward``.
+
+Phases: ``g`` (the autoencoder's trainable part) always; ``d`` when the recipe has a discriminator and
+:meth:`Recipe.phase_active` says so for the batch (e.g. after ``disc_start``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from aetune.config import Config
+from aetune.models import Autoencoder
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` without recording gradients for its parameters (inputs still get gradients)."""
+    states = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in states:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, state in states:
+            p.requires_grad_(state)
+
+
+@dataclass
+class Networks:
+    """The networks of a stage, registered by the module as its own children under these names.
+
+    Attributes:
+        autoencoder: the family's autoencoder (trained where ``requires_grad``).
+        discriminator: trained in the ``d`` phase; None for recipes without one.
+        frozen: frozen networks by attribute name (teacher, LPIPS, ...): never checkpointed, never in an
+            optimizer, rebuilt from their own weights every stage.
+    """
+
+    autoencoder: Autoencoder
+    discriminator: nn.Module | None = None
+    frozen: dict[str, nn.Module] = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """What a phase knows about the batch it is computing.
+
+    Attributes:
+        batch: batches of the stage trained before this one (every schedule counts these).
+        generator: noise for this batch, seeded by (seed, stage, batch, rank): identical after a resume.
+        parts: return the weighted loss terms with their graphs (``PhaseResult.parts``) for gradient norms.
+    """
+
+    batch: int
+    generator: torch.Generator
+    parts: bool = False
+
+
+@dataclass
+class PhaseResult:
+    """One phase's objective.
+
+    Attributes:
+        total: the loss to backpropagate (float32, 0-dim, with graph).
+        logs: detached 0-dim tensors logged as ``train/<name>``.
+        parts: the weighted terms of ``total`` with graphs (when ``StepContext.parts``), e.g. ``rec``, ``gan``.
+        carry: what the next phase needs from this one (e.g. the reconstruction for the discriminator).
+    """
+
+    total: Tensor
+    logs: dict[str, Tensor] = field(default_factory=dict)
+    parts: dict[str, Tensor] = field(default_factory=dict)
+    carry: dict[str, Any] = field(default_factory=dict)
+
+
+class Recipe:
+    """Base of every family's recipe; subclasses implement :meth:`build`, :meth:`generator_step` and, with a
+    discriminator, :meth:`discriminator_step`.
+
+    Args:
+        cfg: the resolved config.
+        stage: the stage being trained (``cfg.stage_loss(stage)`` holds its loss options).
+    """
+
+    data_kind: ClassVar[str] = "image"
+    """The batches this recipe consumes: ``image`` | ``pair`` | ``video`` | ``volume``."""
+    progress_keys: ClassVar[tuple[str, ...]] = ("rec_loss",)
+    """Logged terms shown in the progress bar (besides the phase totals)."""
+
+    def __init__(self, cfg: Config, stage: str) -> None:
+        self.cfg, self.stage = cfg, stage
+        self.loss = cfg.stage_loss(stage)
+        self.nets: Networks | None = None
+
+    # --- networks -------------------------------------------------------------------------------
+    def build(self) -> Networks:
+        """Create the stage's networks (random weights; frozen ones from their own weights)."""
+        raise NotImplementedError
+
+    def attach(self, nets: Networks) -> None:
+        """Keep references to the networks the module registered (it owns them; the recipe uses them)."""
+        self.nets = nets
+
+    @property
+    def autoencoder(self) -> Autoencoder:
+        assert self.nets is not None, "attach() the networks first"
+        return self.nets.autoencoder
+
+    @property
+    def discriminator(self) -> nn.Module | None:
+        assert self.nets is not None, "attach() the networks first"
+        return self.nets.discriminator
+
+    def trainable(self, phase: str) -> list[nn.Parameter]:
+        """Parameters the ``phase`` optimizer updates (every trainable parameter belongs to one phase)."""
+        if phase == "g":
+            return [p for p in self.autoencoder.parameters() if p.requires_grad]
+        assert self.discriminator is not None
+        return list(self.discriminator.parameters())
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        """``("g", "d")`` with a discriminator, else ``("g",)``."""
+        return ("g", "d") if self.discriminator is not None else ("g",)
+
+    def phase_active(self, phase: str, batch: int) -> bool:
+        """Whether ``phase`` runs at stage batch ``batch`` (the generator always does)."""
+        return phase == "g"
+
+    @property
+    def grad_norm_layer(self) -> nn.Parameter:
+        """The model's last layer, where ``grad_norm/<term>`` compares the loss terms' gradients."""
+        return self.autoencoder.gan_last_layer
+
+    # --- data -----------------------------------------------------------------------------------
+    def inputs(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """A loader batch -> (autoencoder input, target), float in [-1, 1]; the same tensor for reconstruction."""
+        raise NotImplementedError
+
+    # --- objectives -----------------------------------------------------------------------------
+    def generator_step(self, x: Tensor, target: Tensor, ctx: StepContext) -> PhaseResult:
+        """The ``g`` phase: networks forward and the generator objective."""
+        raise NotImplementedError
+
+    def discriminator_step(self, x: Tensor, target: Tensor, g: PhaseResult, ctx: StepContext) -> PhaseResult:
+        """The ``d`` phase, given the generator phase's result (its ``carry``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no discriminator phase")
+
+    # --- validation and metadata ----------------------------------------------------------------
+    def reconstruct(self, autoencoder: Autoencoder, x: Tensor) -> Tensor:
+        """Deterministic reconstruction for validation: ``x`` in [-1, 1] -> output in [-1, 1] (float32)."""
+        return autoencoder(x).float().clamp(-1.0, 1.0)
+
+    @property
+    def lpips(self) -> nn.Module | None:
+        """The LPIPS network validation reports with, when it has trustworthy weights."""
+        return None
+
+    def notes(self) -> dict[str, Any]:
+        """Facts every checkpoint and validation record carries (e.g. a random teacher)."""
+        return {}
+
+    def load_pretrained(self, path: str) -> str:
+        """Load released weights for a stage that starts from ``--pretrained_path``; return what, in words."""
+        raise NotImplementedError(f"{type(self).__name__} cannot load --pretrained_path files")
