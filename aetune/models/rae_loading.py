@@ -43,6 +43,8 @@ DIFFUSERS_RENAMES = (
 )
 DIFFUSERS_BUFFERS = ("encoder_mean", "encoder_std", "_latents_mean", "_latents_std")
 """``AutoencoderRAE``'s buffers: checked or converted by ``_diffusers_buffers``, not mapped."""
+ENCODER_PREFIX = "encoder.model."
+"""Where the transformers encoder sits in our state dict."""
 POS_EMBED = "decoder.decoder_pos_embed"
 """Fixed sin-cos table: compared with ours when a file has it (diffusers' files may not), never trained."""
 _ENCODER_SKIPS = {
@@ -143,6 +145,7 @@ def load_rae_weights(
     scope = {"decoder": ("decoder.",), "encoder": ("encoder.",), "diffusers": ("decoder.", "encoder.")}[layout]
     expected = {k for k in ours if k.startswith(scope) and k != POS_EMBED}
     found: dict[str, Tensor] = {}
+    encoder_file: dict[str, str] = {}  # file key -> its name inside the encoder (transformers' naming of any version)
     for key, tensor in state.items():
         if layout == "diffusers" and key in DIFFUSERS_BUFFERS:
             continue
@@ -152,10 +155,16 @@ def load_rae_weights(
             report.skip(key, "fixed sin-cos table, checked equal to ours")
         elif target is None:
             report.skip(key, why)
+        elif target.startswith(ENCODER_PREFIX):
+            encoder_file[key] = target[len(ENCODER_PREFIX) :]
         elif target in expected:
             found[target] = tensor
         else:
             report.unexpected.append(key)
+    if encoder_file:
+        tensors, unused = _native_encoder_tensors(model, {name: state[key] for key, name in encoder_file.items()})
+        found.update({ENCODER_PREFIX + k: v for k, v in tensors.items()})
+        report.unexpected += [key for key, name in encoder_file.items() if name in unused]
     report.missing = sorted(expected - set(found))
     bad = [(k, t.shape, ours[k].shape) for k, t in found.items() if t.shape != ours[k].shape]
     if bad:
@@ -176,6 +185,43 @@ def load_rae_weights(
     if report.missing or report.unexpected:
         log.warning("partial initialisation (allow_partial):\n%s", report.summary())
     return report
+
+
+def _native_encoder_tensors(model: RAE, tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], set[str]]:
+    """Released encoder tensors -> (the installed transformers' names for them, the names it did not use).
+
+    Released files use transformers 4 names (``attention.attention.query``); transformers 5 renamed them
+    (``attention.q_proj``). transformers' own loader (``from_pretrained(None, config, state_dict)``) applies
+    whatever renaming the installed version needs, so no rename table is kept here. Keys the file lacks
+    are simply absent from the result (reported missing by the caller).
+    """
+    from transformers import PreTrainedModel
+    from transformers.utils import logging as hf_logging
+
+    module = model.encoder.model
+    if not isinstance(module, PreTrainedModel):  # transformers 4's SigLIP tower: names already native
+        return tensors, set()
+    # transformers' progress bar and load table would repeat, less precisely, what our report says
+    bar, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        loaded, info = type(module).from_pretrained(
+            None, config=module.config, state_dict=tensors, output_loading_info=True, ignore_mismatched_sizes=True
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+    if info["mismatched_keys"]:
+        key, theirs, mine = next(iter(info["mismatched_keys"]))
+        raise CheckpointError(
+            f"encoder tensor {key} is {list(theirs)} in the file and {list(mine)} in {describe_model(model)}: "
+            "build the model with the file's encoder"
+        )
+    missing = set(info["missing_keys"])
+    native = {k: v for k, v in loaded.state_dict().items() if k in module.state_dict() and k not in missing}
+    return native, set(info["unexpected_keys"])
 
 
 def released_decoder_state_dict(model: RAE) -> dict[str, Tensor]:
