@@ -139,20 +139,32 @@ class FamilySchema:
     sections: dict[str, type]  # section name -> dataclass, e.g. {"loss": VAVAELossConfig, "teacher": ...}
     default_preset: str  # the preset ``--family NAME`` loads
     data_kind: str  # "image" | "pair" | "video" | "volume"
+    tiny: dict[str, Any] = field(default_factory=dict)  # partial config: a CPU-sized run (contract tests, demos)
 
 
 _SCHEMAS: dict[str, FamilySchema] = {}
 COMMON_SECTIONS = ("preset", "data", "model", "train")
 
 
-def register_schema(family: str, default_preset: str, data_kind: str = "image", **sections: type) -> FamilySchema:
-    """Register a family's config sections (called by ``aetune/options/<family>.py``, torch-free)."""
+def register_schema(
+    family: str, default_preset: str, data_kind: str = "image", tiny: dict[str, Any] | None = None, **sections: type
+) -> FamilySchema:
+    """Register a family's config sections (called by ``aetune/options/<family>.py``, torch-free).
+
+    Args:
+        family: the family's short name (as its model's ``register_family``).
+        default_preset: the preset ``--family NAME`` loads.
+        data_kind: what its recipe consumes (``aetune.data.kinds``).
+        tiny: a partial config (preset form) that makes a CPU run take seconds: the contract tests
+            (``tests/test_family_contract.py``) train every family with it.
+        **sections: section name -> dataclass; ``loss`` is required.
+    """
     if "loss" not in sections:
         raise TypeError(f"family {family} must declare a 'loss' section")
     clash = set(sections) & set(COMMON_SECTIONS)
     if clash:
         raise TypeError(f"family {family} redefines common sections {sorted(clash)}")
-    schema = FamilySchema(family, dict(sections), default_preset, data_kind)
+    schema = FamilySchema(family, dict(sections), default_preset, data_kind, dict(tiny or {}))
     _SCHEMAS[family] = schema
     return schema
 

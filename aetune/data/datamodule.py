@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from aetune.data.cache import CachedImages, build_file_cache, load_images
+from aetune.data.kinds import get_data_kind
 from aetune.data.prepared import PreparedData
 from aetune.errors import AetuneError
 
@@ -91,6 +91,7 @@ class ImageDataModule(pl.LightningDataModule):
         seed: seeds the training order (see the module docstring).
         position: the stage's batch counter (the LightningModule's ``batches_seen``).
         progress: show decoding progress bars.
+        kind: the data kind the recipe consumes (``aetune.data.kinds``).
     """
 
     def __init__(
@@ -104,6 +105,7 @@ class ImageDataModule(pl.LightningDataModule):
         seed: int,
         position: Callable[[], int],
         progress: bool = True,
+        kind: str = "image",
     ) -> None:
         super().__init__()
         if not prepared.val:
@@ -111,24 +113,24 @@ class ImageDataModule(pl.LightningDataModule):
         self.prepared, self.work_dir, self.image_size = prepared, Path(work_dir), image_size
         self.batch_size, self.num_workers, self.cache = batch_size, num_workers, cache
         self.seed, self.position, self.progress = seed, position, progress
-        self.train_set: CachedImages | None = None
-        self.val_set: CachedImages | None = None
+        self.kind = get_data_kind(kind)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
 
     def prepare_data(self) -> None:
         """Build the file caches once (Lightning calls this on local rank 0 only, before ``setup``)."""
         if self.cache == "file":
             for split in ("train", "val"):
-                build_file_cache(self.prepared, split, self.image_size, self.work_dir, self.progress)
+                self.kind.prepare(self.prepared, split, self.image_size, self.work_dir, self.progress)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             self.train_set = self._dataset("train")
             self.val_set = self._dataset("val")
 
-    def _dataset(self, split: str) -> CachedImages:
+    def _dataset(self, split: str) -> Dataset:
         show = self.progress and (self.trainer is None or self.trainer.is_global_zero)
-        images = load_images(self.prepared, split, self.image_size, self.cache, self.work_dir, show)
-        return CachedImages(images, [s.label for s in self.prepared.split(split)])
+        return self.kind.dataset(self.prepared, split, self.image_size, self.cache, self.work_dir, show)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "setup() runs before the loaders"

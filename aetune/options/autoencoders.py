@@ -48,5 +48,25 @@ class VAVAELossConfig(KLLossConfig):
     cos_weight: float = field(default=1.0, metadata=bounds(0.0))  # released value
 
 
-register_schema("kl", "kl", loss=KLLossConfig, discriminator=DiscriminatorConfig)
-register_schema("vavae", "vavae", loss=VAVAELossConfig, teacher=TeacherConfig, discriminator=DiscriminatorConfig)
+_TINY_MODEL = {"ch": 32, "ch_mult": [1, 1, 2], "num_res_blocks": 1, "attn_resolutions": [8], "resolution": 32}
+_TINY_LOSS = {"perceptual_weight": 0.0, "lpips_pretrained": False, "disc_start": 0}
+register_schema(
+    "kl",
+    "kl",
+    tiny={"model": {"args": _TINY_MODEL}, "discriminator": {"ndf": 8, "n_layers": 2}, "loss": _TINY_LOSS},
+    loss=KLLossConfig,
+    discriminator=DiscriminatorConfig,
+)
+register_schema(
+    "vavae",
+    "vavae",
+    tiny={
+        "model": {"args": {**_TINY_MODEL, "align_dim": 64}},
+        "teacher": {"name": "test_vit", "pretrained": False},
+        "discriminator": {"ndf": 8, "n_layers": 2},
+        "loss": _TINY_LOSS,
+    },
+    loss=VAVAELossConfig,
+    teacher=TeacherConfig,
+    discriminator=DiscriminatorConfig,
+)

@@ -403,6 +403,7 @@ def run_stage(
         batch_seed(cfg.train.seed, "data", stage),
         lambda: module.batches_seen,
         req.progress_bar,
+        module.recipe.data_kind,
     )
     trainer = build_trainer(req, plan, folder, callbacks, per_epoch)
     session_batches, t0 = limit.batches, time.time()
