@@ -78,13 +78,13 @@ class FIDTracker:
     def _gathered(self, local: Tensor, all_gather: AllGather) -> Tensor:
         """Concatenate every rank's (n_r, D) features in rank order; ranks may hold different n_r (even 0).
 
-        A collective gather needs one shape on every rank, so the counts are gathered first and each rank
+        A collective gather needs one shape on every rank, so the shapes are gathered first and each rank
         pads its features to the largest count; the padding is cut off again after the gather.
         """
-        count = torch.tensor([len(local)], dtype=torch.int64, device=self.device)
-        counts = all_gather(count).reshape(-1).tolist()  # (W, 1) -> W counts; (1,) on a single device
-        dims = torch.tensor([local.shape[1]], dtype=torch.int64, device=self.device)
-        dim = int(all_gather(dims).max())  # a rank without images has D = 0: take the others' D
+        shape = torch.tensor([[len(local), local.shape[1]]], dtype=torch.int64, device=self.device)
+        shapes = all_gather(shape).reshape(-1, 2)  # (W, 1, 2) -> (W, 2); (1, 2) on a single device
+        counts = shapes[:, 0].tolist()
+        dim = int(shapes[:, 1].max())  # a rank without images has D = 0: take the others' D
         padded = torch.zeros(max(counts), dim, dtype=torch.float64, device=self.device)
         if len(local):
             padded[: len(local)] = local.to(self.device)
