@@ -12,7 +12,7 @@ Phases: ``g`` (the autoencoder's trainable part) always; ``d`` when the recipe h
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -152,6 +152,15 @@ class Recipe:
     def generator_step(self, x: Tensor, target: Tensor, ctx: StepContext) -> PhaseResult:
         """The ``g`` phase: networks forward and the generator objective."""
         raise NotImplementedError
+
+    def backward(self, phase: str, result: PhaseResult, backward: Callable[[Tensor], None]) -> None:
+        """Backpropagate ``result.total`` through ``backward`` (the module's: checked, scaled, accumulated).
+
+        A recipe may instead make several calls whose losses sum to ``result.total``, e.g. to read a gradient
+        left by the first call (one decoder backward fewer for an adaptive weight). Each call's loss must be
+        part of this batch's objective only; the module divides each by the accumulation count.
+        """
+        backward(result.total)
 
     def discriminator_step(self, x: Tensor, target: Tensor, g: PhaseResult, ctx: StepContext) -> PhaseResult:
         """The ``d`` phase, given the generator phase's result (its ``carry``)."""

@@ -129,10 +129,10 @@ class AutoencoderModule(pl.LightningModule):
         g = self.recipe.generator_step(x, target, ctx)
         logs = {"train/g_total": g.total.detach(), **{f"train/{k}": v for k, v in g.logs.items()}}
         logs |= self._grad_norms(g.parts)
-        self._backward("g", g.total)
+        self.recipe.backward("g", g, lambda loss: self._backward("g", loss))
         if "d" in self.recipe.phases and self.recipe.phase_active("d", self.batches_seen):
             d = self.recipe.discriminator_step(x, target, g, ctx)
-            self._backward("d", d.total)
+            self.recipe.backward("d", d, lambda loss: self._backward("d", loss))
             logs |= {"train/d_total": d.total.detach(), **{f"train/{k}": v for k, v in d.logs.items()}}
         self.batches_seen += 1
         if self.batches_seen % self.cfg.train.gradient_accumulation == 0 or self.batches_seen >= self.total_batches:
