@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allow_stage_gap", action="store_true", help="run a stage whose predecessor never finished")
     p.add_argument("--detect_anomaly", action="store_true", help="autograd anomaly detection (slow; NaN hunting)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars (logs, CI)")
+    p.add_argument("--logger", default="csv", choices=["csv", "tensorboard", "wandb", "swanlab"], help="tracker")
+    p.add_argument("--logger_online", action="store_true", help="wandb/swanlab online (default: offline files)")
+    p.add_argument("--note", help="a note on this session, kept in checkpoints/experiments.yaml")
     return p.parse_args(argv)
 
 
@@ -143,6 +146,9 @@ def main(args: argparse.Namespace) -> int:
         resume_from=args.resume_from,
         allow_stage_gap=args.allow_stage_gap,
         detect_anomaly=args.detect_anomaly,
+        logger=args.logger,
+        logger_offline=not args.logger_online,
+        note=args.note,
         num_nodes=args.num_nodes,
         strategy=args.strategy,
         max_hours=cfg.train.max_hours,

@@ -23,6 +23,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torchvision.utils import save_image
 
 from aetune.io import atomic_path, atomic_torch_save, atomic_write_json
+from aetune.train.health import HealthGate
 
 if TYPE_CHECKING:
     from aetune.train.module import AutoencoderModule
@@ -141,15 +142,17 @@ class ValidationRecorder(Callback):
     """After each validation: append to ``validation_history.json`` and save a reconstruction grid.
 
     The history lives in the checkpoint (callback state) and the file is rewritten from it, so a resumed
-    stage never lists validations its weights did not see.
+    stage never lists validations its weights did not see. Each record also carries the module's
+    ``validation_extras`` (rFID with its image count and note) and, once, the health gate's verdict.
 
     Args:
         stage_dir: ``checkpoints/stage<N>``.
         notes: facts every record carries (e.g. a random teacher, no LPIPS).
+        gate: the early health gate (None: off).
     """
 
-    def __init__(self, stage_dir: Path, notes: dict[str, Any]) -> None:
-        self.stage_dir, self.notes = Path(stage_dir), notes
+    def __init__(self, stage_dir: Path, notes: dict[str, Any], gate: HealthGate | None = None) -> None:
+        self.stage_dir, self.notes, self.gate = Path(stage_dir), notes, gate
         self.history: list[dict[str, Any]] = []
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: AutoencoderModule) -> None:
@@ -160,8 +163,13 @@ class ValidationRecorder(Callback):
             "batches": pl_module.batches_seen,
             "optimizer_steps": trainer.global_step,
             **values,
+            **pl_module.validation_extras,
             "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
+        pl_module.validation_extras = {}
+        health = self.gate.observe(pl_module.batches_seen, record) if self.gate is not None else None
+        if health is not None:
+            record["health"] = health
         self.history.append(record)
         if not trainer.is_global_zero:
             return
@@ -174,7 +182,9 @@ class ValidationRecorder(Callback):
                 save_image(grid, tmp, nrow=len(originals), format="png")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        return {"history": self.history, "gate": self.gate.state_dict() if self.gate is not None else None}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict["history"])
+        if self.gate is not None and state_dict.get("gate") is not None:
+            self.gate.load_state_dict(state_dict["gate"])

@@ -27,6 +27,7 @@ from aetune.errors import AetuneError
 from aetune.models import Autoencoder
 from aetune.recipes import StepContext, get_recipe
 from aetune.train.amp import update_scaler
+from aetune.train.rfid import FIDTracker
 from aetune.train.rng import batch_seed, rng_state, set_rng_state
 from aetune.train.schedule import lr_at
 
@@ -80,6 +81,10 @@ class AutoencoderModule(pl.LightningModule):
         self._bad = dict.fromkeys(self.recipe.phases, False)  # a non-finite loss in the window: skip its step
         self._skipped_this_batch = False
         self.val_preview: tuple[Tensor, Tensor] | None = None
+        self.fid: FIDTracker | None = None  # set by the runner when train.rfid_images > 0 and weights exist
+        self.rfid_at = -1  # batch of the last rFID (checkpointed: "every N batches" holds across resumes)
+        self._fid_on = False
+        self.validation_extras: dict[str, Any] = {}  # non-metric facts of the last validation (rFID note)
 
     @property
     def eval_autoencoder(self) -> Autoencoder:
@@ -221,6 +226,24 @@ class AutoencoderModule(pl.LightningModule):
     def on_validation_model_zero_grad(self) -> None:
         """Keep gradients accumulated by hand across a validation (Lightning would drop them here)."""
 
+    def on_validation_epoch_start(self) -> None:
+        """rFID runs at the stage's end and every ``train.rfid_every`` batches (on ``rfid_images`` images)."""
+        every, end = self.cfg.train.rfid_every, self.batches_seen >= self.total_batches
+        due = end or (every > 0 and (self.rfid_at < 0 or self.batches_seen - self.rfid_at >= every))
+        self._fid_on = self.fid is not None and self.cfg.train.rfid_images > 0 and due
+        if self._fid_on:
+            self.fid.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._fid_on:
+            return
+        # Every rank validates on the whole split in the same order: the local result is the global one.
+        result = self.fid.compute()
+        if result["rfid"] is not None:
+            self.log("val/rfid", result["rfid"], on_step=False, on_epoch=True)
+        self.validation_extras = result
+        self.rfid_at = self.batches_seen
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, target = self._inputs(batch)
         rec = self.recipe.reconstruct(self.eval_autoencoder, x)
@@ -241,6 +264,10 @@ class AutoencoderModule(pl.LightningModule):
         self.log("batches", float(self.batches_seen), on_step=False, on_epoch=True, batch_size=x.shape[0])
         if batch_idx == 0:
             self.val_preview = (a[:PREVIEW_IMAGES].detach().cpu(), b[:PREVIEW_IMAGES].detach().cpu())
+        if self._fid_on and a.ndim == 4:
+            room = self.cfg.train.rfid_images - self.fid.images
+            if room > 0:
+                self.fid.update(a[:room], b[:room])
 
     @property
     def early_stopped(self) -> bool:
@@ -286,6 +313,7 @@ class AutoencoderModule(pl.LightningModule):
             "nonfinite_streak": self.nonfinite_streak,
             "nonfinite_total": self.nonfinite_total,
             "window": window,
+            "rfid_at": self.rfid_at,
             "rng": rng_state(),
         }
 
@@ -302,6 +330,7 @@ class AutoencoderModule(pl.LightningModule):
             raise AetuneError(f"stage {self.stage}'s checkpoint has no EMA weights: keep train.ema as it was saved")
         self.batches_seen = meta["batches_seen"]
         self.nonfinite_streak, self.nonfinite_total = meta["nonfinite_streak"], meta["nonfinite_total"]
+        self.rfid_at = meta.get("rfid_at", -1)
         window = meta.get("window")
         if window is not None:
             self._pending, self._bad = dict(window["pending"]), dict(window["bad"])

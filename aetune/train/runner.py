@@ -10,7 +10,6 @@ only, and every rank takes the same decisions from the same files.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import time
 import warnings
@@ -21,7 +20,6 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
-from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from aetune.config import Config, dump_config
@@ -29,6 +27,7 @@ from aetune.data.datamodule import ImageDataModule, batches_per_epoch
 from aetune.data.prepare import prepare_dataset
 from aetune.data.prepared import SPLIT_FILE, PreparedData, data_dir, load_prepared
 from aetune.errors import AetuneError
+from aetune.hub import recorded_weight
 from aetune.io import atomic_write_text
 from aetune.train.amp import WindowMixedPrecision
 from aetune.train.artifacts import (
@@ -46,7 +45,9 @@ from aetune.train.callbacks import (
     StageLength,
     ValidationRecorder,
 )
-from aetune.train.csvlog import StageCSVLogger
+from aetune.train.experiments import EXPERIMENTS_FILE, append_experiment, data_fingerprint, experiment_record
+from aetune.train.health import HealthGate, loss_weights
+from aetune.train.loggers import build_loggers
 from aetune.train.module import AutoencoderModule
 from aetune.train.plan import (
     LAST_CKPT,
@@ -61,6 +62,7 @@ from aetune.train.plan import (
     stage_dir,
 )
 from aetune.train.precision import DevicePlan, plan_devices, training_strategy
+from aetune.train.rfid import FIDTracker, build_fid_tracker
 from aetune.train.rng import batch_seed
 from aetune.train.summary import stage_summary
 
@@ -91,6 +93,9 @@ class TrainRequest:
     resume_from: Path | None = None
     allow_stage_gap: bool = False
     detect_anomaly: bool = False
+    logger: str = "csv"  # csv | tensorboard | wandb | swanlab (CSV is always written)
+    logger_offline: bool = True  # trackers write locally; sync later (wandb sync / swanlab sync)
+    note: str | None = None  # --note: the session's entry in checkpoints/experiments.yaml
     num_nodes: int = 1  # machines (torchrun / SLURM start the processes on each)
     strategy: str = "ddp"  # ddp | fsdp
     max_hours: float | None = None
@@ -177,6 +182,28 @@ def run_training(req: TrainRequest) -> TrainResult:
         result.stages_done = list(state.stages_done)
         if primary:
             state.save(req.work_dir)
+            record_experiment(req, state, prepared, limit.batches * cfg.train.batch_size * plan.world_size, session)
+
+
+def record_experiment(req: TrainRequest, state: RunState, prepared: PreparedData, images: int, session: dict) -> None:
+    """Append this session to ``checkpoints/experiments.yaml`` (config, data, start, stages, best, speed)."""
+    stages = [s for s in req.stages if s in state.stages]
+    best = {s: {"psnr": state.stages[s].best_psnr} for s in stages if state.stages[s].best_psnr is not None}
+    first = state.stages[stages[0]].init if stages else None
+    seconds = time.time() - req.started
+    record = experiment_record(
+        config=req.cfg.to_dict(),
+        fingerprint=data_fingerprint([(s.relpath, s.user) for s in prepared.train]),
+        start_weights=first,
+        stages=stages,
+        best=best,
+        wall_seconds=seconds,
+        images=images,
+        note=req.note,
+        started=req.started,
+    )
+    record["exit"] = session["exit"]
+    append_experiment(checkpoints_dir(req.work_dir) / EXPERIMENTS_FILE, record)
 
 
 def apply_global_batch(cfg: Config, world_size: int) -> Config:
@@ -244,9 +271,8 @@ def build_trainer(
     req: TrainRequest, plan: DevicePlan, folder: Path, callbacks: list[pl.Callback], per_epoch: int
 ) -> pl.Trainer:
     """The Lightning Trainer of one stage (length, validation and checkpoints are driven by callbacks)."""
-    loggers: list[Logger] = [StageCSVLogger(folder)]
-    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        loggers.append(TensorBoardLogger(save_dir=folder, name="tensorboard", version=""))
+    name = f"{req.cfg.model.family}-{folder.name}"
+    loggers = build_loggers(req.logger, folder, name, req.logger_offline)
     plugins: list[Any] = [AtomicCheckpointIO()]
     precision: str | None = plan.precision
     if plan.precision == "16-mixed":
@@ -274,6 +300,15 @@ def build_trainer(
         use_distributed_sampler=False,  # StageBatchSampler shards by rank itself
         enable_progress_bar=req.progress_bar,
     )
+
+
+def build_rfid(cfg: Config, work_dir: Path) -> FIDTracker | None:
+    """The rFID tracker of a stage when ``train.rfid_images`` > 0 (None, with one logged note, without weights)."""
+    if cfg.train.rfid_images == 0:
+        return None
+    weights = recorded_weight(work_dir, "fid_inception")
+    tracker, _ = build_fid_tracker(weights, random_weights=False, device="cpu")
+    return tracker
 
 
 def monitor_mode(monitor: str) -> str:
@@ -385,13 +420,17 @@ def run_stage(
         state.save(req.work_dir)
 
     notes = {"stage": stage, **module.recipe.notes()}
+    module.fid = build_rfid(cfg, req.work_dir)
+    gate = HealthGate(
+        cfg.train.health_batch, cfg.train.health_min_psnr, lr=lr, weights=loss_weights(module.recipe.loss)
+    )
     callbacks = [
         StageLength(),
         limit,
         early,
         best,
         LastCheckpoint(last, cfg.train.checkpoint_every_n_batches, on_saved),
-        ValidationRecorder(folder, notes),
+        ValidationRecorder(folder, notes, gate),
     ]
     data = ImageDataModule(
         prepared,
