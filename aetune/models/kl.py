@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from aetune.models.base import Autoencoder, frozen_names
-from aetune.models.ldm import Decoder, Encoder, KLConfig
+from aetune.models.ldm import Decoder, Encoder, KLConfig, set_kernels
 from aetune.models.outputs import DecoderOutput, DiagonalGaussian, EncoderOutput
 from aetune.models.registry import register_family
 
@@ -78,6 +78,11 @@ class KLAutoencoder(Autoencoder):
         for i in range(n):
             names += frozen_names(self.encoder.down[i], f"encoder.down.{i}")
         return names
+
+    def set_kernels(self, kernels: str) -> None:
+        """Switch the encoder and decoder to op sequence ``kernels`` (``exact`` | ``fast`` | ``auto``)."""
+        set_kernels(self, kernels)
+        self._config.kernels = kernels
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.encoder.gradient_checkpointing = enabled

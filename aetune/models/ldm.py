@@ -5,8 +5,12 @@ Written by hand on purpose: LightningDiT's ``vavae/`` (from CompVis latent-diffu
 no maintained library exposes that layout (diffusers' ``AutoencoderKL`` renames every key), so the released
 weights would need a fragile key translation. Same modules, same order and the same op sequence (swish as
 ``x * sigmoid(x)``, attention as explicit ``bmm`` + softmax): on CPU in float32 the outputs are
-bit-identical to the reference fixtures (``F.silu`` and ``scaled_dot_product_attention`` round differently,
-up to 1e-5 relative after the decoder).
+bit-identical to the reference fixtures.
+
+``kernels`` picks the op sequence: ``exact`` (the above), ``fast`` (``F.silu`` and
+``scaled_dot_product_attention``, which picks flash / memory-efficient kernels on a GPU and never materialises
+the (hw, hw) attention matrix; they round differently, up to 1e-5 relative after the decoder) or ``auto``
+(fast for CUDA tensors, exact otherwise: decided per call, so one model is exact on CPU and fast on a GPU).
 
 Level layout of the released f16d32 model (ch=128, ch_mult 1,1,2,2,4, resolution 256):
 
@@ -30,6 +34,9 @@ from torch import Tensor, nn
 
 from aetune.models.base import FamilyConfig, ModelConfigError, run_block
 
+KERNELS = ("auto", "exact", "fast")
+"""Op sequences of the encoder and decoder (``KLConfig.kernels``)."""
+
 
 @dataclass
 class KLConfig(FamilyConfig):
@@ -45,6 +52,7 @@ class KLConfig(FamilyConfig):
     z_channels: int = 32  # encoder output width before quant_conv (per moment)
     embed_dim: int = 32  # latent channels after quant_conv: what a DiT sees
     dropout: float = 0.0  # inside ResnetBlocks; 0 in the released model
+    kernels: str = "auto"  # exact | fast | auto (fast on CUDA): see the module docstring; weights are the same
 
     def validate(self) -> None:
         widths = [self.ch * m for m in self.ch_mult]
@@ -58,6 +66,13 @@ class KLConfig(FamilyConfig):
                 raise ModelConfigError(f"autoencoder option '{name}' must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ModelConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.kernels not in KERNELS:
+            raise ModelConfigError(f"kernels must be one of {', '.join(KERNELS)}, got '{self.kernels}'")
+
+
+def use_fast(kernels: str, x: Tensor) -> bool:
+    """Whether ``kernels`` (``KERNELS``) means the fast op sequence for input ``x``."""
+    return kernels == "fast" or (kernels == "auto" and x.is_cuda)
 
 
 class _Swish(torch.autograd.Function):
@@ -76,9 +91,9 @@ class _Swish(torch.autograd.Function):
         return grad * s * (1.0 + x * (1.0 - s))  # d/dx x s(x) = s + x s (1 - s)
 
 
-def swish(x: Tensor) -> Tensor:
-    """``x * sigmoid(x)`` (SiLU) with LDM's rounding."""
-    return _Swish.apply(x)
+def swish(x: Tensor, fast: bool = False) -> Tensor:
+    """``x * sigmoid(x)`` (SiLU): with LDM's rounding, or ``F.silu`` (one fused kernel) when ``fast``."""
+    return F.silu(x) if fast else _Swish.apply(x)
 
 
 def norm(channels: int) -> nn.GroupNorm:
@@ -97,6 +112,8 @@ def conv1(cin: int, cout: int) -> nn.Conv2d:
 class ResnetBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, plus a 1x1 ``nin_shortcut`` when the width changes (no time embedding)."""
 
+    kernels = "exact"  # set by Encoder / Decoder from KLConfig.kernels
+
     def __init__(self, cin: int, cout: int, dropout: float) -> None:
         super().__init__()
         self.norm1 = norm(cin)
@@ -108,14 +125,17 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = conv1(cin, cout)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(swish(self.norm1(x)))
-        h = self.conv2(self.dropout(swish(self.norm2(h))))
+        fast = use_fast(self.kernels, x)
+        h = self.conv1(swish(self.norm1(x), fast))
+        h = self.conv2(self.dropout(swish(self.norm2(h), fast)))
         skip = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
         return skip + h
 
 
 class AttnBlock(nn.Module):
     """Single-head self-attention over the h*w positions, 1x1 convs for q, k, v and the output."""
+
+    kernels = "exact"  # set by Encoder / Decoder from KLConfig.kernels
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -128,6 +148,11 @@ class AttnBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         y = self.norm(x)
+        if use_fast(self.kernels, x):
+            # (B, C, h, w) -> (B, 1, hw, C): one head; the default scale is C**-0.5, as below
+            q, k, v = (t(y).reshape(b, 1, c, h * w).transpose(2, 3) for t in (self.q, self.k, self.v))
+            y = F.scaled_dot_product_attention(q, k, v)  # (B, 1, hw, C)
+            return x + self.proj_out(y.transpose(2, 3).reshape(b, c, h, w))
         q = self.q(y).reshape(b, c, h * w).permute(0, 2, 1)  # (B, C, h, w) -> (B, hw, C)
         k = self.k(y).reshape(b, c, h * w)  # (B, C, hw)
         v = self.v(y).reshape(b, c, h * w)  # (B, C, hw)
@@ -190,12 +215,23 @@ class Mid(nn.Module):
         return h
 
 
+def set_kernels(net: nn.Module, kernels: str) -> None:
+    """Give ``net`` and its blocks the op sequence ``kernels`` (``KERNELS``); the weights do not change."""
+    if kernels not in KERNELS:
+        raise ModelConfigError(f"kernels must be one of {', '.join(KERNELS)}, got '{kernels}'")
+    for m in net.modules():
+        if isinstance(m, (Encoder, Decoder, ResnetBlock, AttnBlock)):
+            m.kernels = kernels
+
+
 class Encoder(nn.Module):
     """Images (B, in_channels, H, W) -> moments (B, 2 z_channels, H/f, W/f), f = 2**(len(ch_mult)-1).
 
     Level i has ``ch * ch_mult[i]`` channels and ``num_res_blocks`` ResnetBlocks, with attention where
     ``resolution / 2**i`` is in ``attn_resolutions`` (LDM semantics: a nominal size, not the input's).
     """
+
+    kernels = "exact"
 
     def __init__(self, c: KLConfig) -> None:
         super().__init__()
@@ -212,6 +248,7 @@ class Encoder(nn.Module):
         self.mid = Mid(widths[-1], c.dropout)
         self.norm_out = norm(widths[-1])
         self.conv_out = conv3(widths[-1], 2 * c.z_channels)
+        set_kernels(self, c.kernels)
 
     def forward(self, x: Tensor) -> Tensor:
         cp = self.gradient_checkpointing
@@ -221,7 +258,8 @@ class Encoder(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)  # (B, c, s, s) -> (B, c, s/2, s/2)
         h = self.mid(h, cp)
-        return self.conv_out(swish(self.norm_out(h)))  # (B, C, h, w) -> (B, 2 z_channels, h, w)
+        fast = use_fast(self.kernels, h)
+        return self.conv_out(swish(self.norm_out(h), fast))  # (B, C, h, w) -> (B, 2 z_channels, h, w)
 
 
 class Decoder(nn.Module):
@@ -229,6 +267,8 @@ class Decoder(nn.Module):
 
     The mirror of ``Encoder``, with ``num_res_blocks + 1`` ResnetBlocks per level, as LDM.
     """
+
+    kernels = "exact"
 
     def __init__(self, c: KLConfig) -> None:
         super().__init__()
@@ -249,6 +289,7 @@ class Decoder(nn.Module):
         self.up = nn.ModuleList(levels)
         self.norm_out = norm(cin)
         self.conv_out = conv3(cin, c.out_channels)
+        set_kernels(self, c.kernels)
 
     def forward(self, z: Tensor) -> Tensor:
         cp = self.gradient_checkpointing
@@ -257,4 +298,5 @@ class Decoder(nn.Module):
             h = level(h, cp)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)  # (B, c, s, s) -> (B, c, 2s, 2s)
-        return self.conv_out(swish(self.norm_out(h)))  # (B, ch, H, W) -> (B, 3, H, W)
+        fast = use_fast(self.kernels, h)
+        return self.conv_out(swish(self.norm_out(h), fast))  # (B, ch, H, W) -> (B, 3, H, W)
