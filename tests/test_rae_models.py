@@ -13,7 +13,8 @@ from aetune.models import ModelConfigError, create_autoencoder, get_family
 from aetune.models.rae import RAE, RAEConfig, apply_token_noise, sample_token_noise
 from aetune.models.rae_decoder import DECODER_SIZES, RAEDecoder, sincos_pos_embed
 from aetune.models.rae_discriminator import (
-    DinoDiscriminator,
+    DinoFeatures,
+    DinoHeads,
     LocalBatchNorm,
     colour,
     diff_augment,
@@ -229,36 +230,39 @@ def test_bad_options_and_sizes_are_refused() -> None:
 # --- discriminator -------------------------------------------------------------------------------------------
 
 
-def tiny_disc(**kw: object) -> DinoDiscriminator:
+def tiny_disc(**kw: object) -> tuple[DinoFeatures, DinoHeads]:
     torch.manual_seed(0)
-    return DinoDiscriminator(pretrained=False, img_size=32, depth=6, width=32, heads=2, **kw)
+    features = DinoFeatures(pretrained=False, img_size=32, depth=6, width=32, heads=2, **kw)
+    return features, DinoHeads(features.embed_dim, 1 + len(features.key_blocks))
 
 
 def test_discriminator_heads_features_and_freezing() -> None:
-    d = tiny_disc()
-    assert d.key_blocks == (2, 5) and len(d.heads) == 3  # final output + blocks 2, 5
+    features, heads = tiny_disc()
+    assert features.key_blocks == (2, 5) and len(heads.heads) == 3  # final output + blocks 2, 5
     x = (pixels01(48) * 2 - 1).requires_grad_(True)  # resized to 32 px (bilinear)
-    feats = d.features(x)
+    feats = features(x)
     assert [f.shape for f in feats] == [(2, 32, 16)] * 3
     torch.testing.assert_close(feats[0], feats[2])  # the reference's quirk: the last block twice
-    logits = d(x)
+    logits = heads(feats)
     assert logits.shape == (2, 3 * 16)
     logits.mean().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0  # the generator's GAN term reaches the images
-    assert all(p.grad is None for p in d.backbone.parameters())
-    assert {n.split(".")[0] for n, p in d.named_parameters() if p.requires_grad} == {"heads"}
-    d.train()
-    assert d.heads.training and not d.backbone.training
-    assert isinstance(d.backbone.blocks[0].mlp.act, torch.nn.GELU)
-    assert "Tanh" in type(tiny_disc(tanh_gelu=True).backbone.blocks[0].mlp.act).__name__
+    assert all(p.grad is None for p in features.parameters()) and not any(
+        p.requires_grad for p in features.parameters()
+    )
+    assert all(p.requires_grad for p in heads.parameters())
+    features.train()
+    assert not features.vit.training
+    assert isinstance(features.vit.blocks[0].mlp.act, torch.nn.GELU)
+    assert "Tanh" in type(tiny_disc(tanh_gelu=True)[0].vit.blocks[0].mlp.act).__name__
+    assert sorted(heads.state_dict())[:3] == ["heads.0.0.0.bias", "heads.0.0.0.weight_orig", "heads.0.0.0.weight_u"]
 
 
-def test_discriminator_weights_are_never_random_by_accident(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+def test_discriminator_weights_are_never_random_by_accident(tmp_path) -> None:
     with pytest.raises(AetuneError, match=r"does not exist"):
-        DinoDiscriminator(weights_path=str(tmp_path / "missing.safetensors"))
+        DinoFeatures(weights_path=str(tmp_path / "missing.safetensors"))
     with pytest.raises(AetuneError, match="pretrained=False only"):
-        DinoDiscriminator(pretrained=True, depth=3)
+        DinoFeatures(pretrained=True, depth=3)
 
 
 def test_local_batchnorm_hand_numbers() -> None:

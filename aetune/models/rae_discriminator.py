@@ -4,10 +4,12 @@ As bytetriper/RAE's ``DinoDisc`` (itself after StyleGAN-T / VAR): images in [-1,
 (bilinear) and ImageNet-normalised; the tokens after blocks 2, 5, 8, 11 and the final output (no final
 LayerNorm) each go to a head SN-Conv1d(k=1) + per-sample BatchNorm + LeakyReLU(0.2), a residual
 SN-Conv1d(k=9, circular) block scaled by 1/sqrt(2), and SN-Conv1d -> 1 logit per token. Only the heads
-train. Differences from the reference, on purpose: the backbone is timm's ``vit_small_patch8_224.dino``
-with exact GELU, as the DINO weights were trained (the reference's MLP uses the tanh approximation: set
-``tanh_gelu=True`` for its numbers); the reference's zeroing of the attention key bias is not done because
-a key bias adds the same score to every key of a query, which softmax ignores.
+train. The frozen backbone (``DinoFeatures``) and the trained heads (``DinoHeads``) are separate modules,
+so that the recipe keeps the backbone out of checkpoints and optimizers. Differences from the reference, on
+purpose: the backbone is timm's ``vit_small_patch8_224.dino`` with exact GELU, as the DINO weights were
+trained (the reference's MLP uses the tanh approximation: set ``tanh_gelu=True`` for its numbers); the
+reference's zeroing of the attention key bias is not done because a key bias adds the same score to
+every key of a query, which softmax ignores.
 
 ``diff_augment`` is the reference's DiffAugment (translation 1/8 of the size with zero fill, then colour:
 brightness, saturation, contrast), applied by the recipe to real and fake images alike.
@@ -70,31 +72,26 @@ def _block(channels: int, kernel_size: int) -> nn.Sequential:
     return nn.Sequential(sn_conv1d(channels, channels, kernel_size), LocalBatchNorm(channels), nn.LeakyReLU(0.2))
 
 
-class DinoDiscriminator(nn.Module):
-    """Images (B, 3, H, W) in [-1, 1] -> token logits (B, heads * L), L = (img_size / 8)^2 (784 at 224).
+class DinoFeatures(nn.Module):
+    """The frozen DINO ViT-S/8: images (B, 3, H, W) in [-1, 1] -> [final, block 2, 5, 8, 11] tokens, each (B, C, L).
+
+    A frozen network of the recipe (never checkpointed, never in an optimizer); ``DinoHeads`` is what trains.
+    Differentiable with respect to the images (the generator's GAN term needs it). L = (img_size / 8)^2.
 
     Args:
         pretrained: load the DINO weights (``weights_path``, else the Hugging Face cache filled by step 2;
             a missing file is an error naming it). False: random backbone (tests, the CPU demo only).
         weights_path: a local file for ``vit_small_patch8_224.dino`` (timm's ``model.safetensors``, or the
             original DINO ``dino_deitsmall8_pretrain.pth`` / RAE's ``discs/dino_vit_small_patch8_224.pth``).
-        kernel_size: of the residual head conv (9).
-        tanh_gelu: the reference's tanh-approximated GELU in the backbone MLP instead of exact GELU.
-        img_size, depth, width, heads: backbone overrides for a small random discriminator (only with
-            ``pretrained=False``); 0 keeps ViT-S/8 at 224 px. Key blocks deeper than ``depth`` are dropped.
-
-    Attributes:
-        backbone: the frozen timm ViT (``requires_grad=False``; give the optimizer only the heads:
-            ``[p for p in d.parameters() if p.requires_grad]``).
-        heads: one per feature map: index 0 the final output, then blocks 2, 5, 8, 11 (the reference's
-            order; heads 0 and 4 see the same tokens).
+        tanh_gelu: the reference's tanh-approximated GELU in the MLP instead of exact GELU.
+        img_size, depth, width, heads: overrides for a small random backbone (only with ``pretrained=False``);
+            0 keeps ViT-S/8 at 224 px. Key blocks deeper than ``depth`` are dropped.
     """
 
     def __init__(
         self,
         pretrained: bool = True,
         weights_path: str | None = None,
-        kernel_size: int = 9,
         tanh_gelu: bool = False,
         img_size: int = 0,
         depth: int = 0,
@@ -119,48 +116,59 @@ class DinoDiscriminator(nn.Module):
             kwargs["pretrained_cfg_overlay"] = {"file": str(_weights_file(DINO_BACKBONE, weights_path))}
         elif weights_path is not None:
             raise AetuneError("discriminator weights_path is given but pretrained=False: set pretrained=True")
-        self.backbone = timm.create_model(DINO_BACKBONE, pretrained=pretrained, **kwargs)
-        self.backbone.requires_grad_(False)
-        self.backbone.eval()
-        self.img_size = self.backbone.patch_embed.img_size[0]
-        self.key_blocks = tuple(b for b in KEY_BLOCKS if b < len(self.backbone.blocks))
-        c = self.backbone.embed_dim
-        self.heads = nn.ModuleList(
-            nn.Sequential(_block(c, 1), ResidualBlock(_block(c, kernel_size)), sn_conv1d(c, 1, 1))
-            for _ in range(len(self.key_blocks) + 1)
-        )
-        cfg = self.backbone.pretrained_cfg
+        self.vit = timm.create_model(DINO_BACKBONE, pretrained=pretrained, **kwargs)
+        self.vit.requires_grad_(False)
+        self.vit.eval()
+        self.img_size = self.vit.patch_embed.img_size[0]
+        self.key_blocks = tuple(b for b in KEY_BLOCKS if b < len(self.vit.blocks))
+        self.embed_dim: int = self.vit.embed_dim
+        cfg = self.vit.pretrained_cfg
         # [-1, 1] -> ImageNet-normalised in one affine map: ((x + 1) / 2 - m) / s
         std, mean = torch.tensor(cfg["std"]).view(1, 3, 1, 1), torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
         self.register_buffer("x_scale", 0.5 / std, persistent=False)
         self.register_buffer("x_shift", (0.5 - mean) / std, persistent=False)
 
-    def train(self, mode: bool = True) -> DinoDiscriminator:
-        """Heads follow ``mode``; the frozen backbone stays in eval mode."""
-        super().train(mode)
-        self.backbone.eval()
-        return self
+    def train(self, mode: bool = True) -> DinoFeatures:
+        """Stay in eval mode whatever the parent does (frozen)."""
+        return super().train(False)
 
-    def features(self, x: Tensor) -> list[Tensor]:
-        """Images (B, 3, H, W) in [-1, 1] -> [final, block 2, 5, 8, 11] token features, each (B, C, L).
-
-        Differentiable with respect to ``x`` (the generator's GAN term needs it); the backbone is frozen.
-        """
+    def forward(self, x: Tensor) -> list[Tensor]:
         if x.shape[-2:] != (self.img_size, self.img_size):
             x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
         x = x * self.x_scale.to(x.dtype) + self.x_shift.to(x.dtype)
-        vit = self.backbone
+        vit, n = self.vit, self.vit.num_prefix_tokens
         h = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))  # (B, 1 + L, C): cls + patch tokens
         picked = []
         for i, block in enumerate(vit.blocks):
             h = block(h)
             if i in self.key_blocks:
-                picked.append(h[:, vit.num_prefix_tokens :].transpose(1, 2))  # (B, L, C) -> (B, C, L)
-        return [h[:, vit.num_prefix_tokens :].transpose(1, 2), *picked]
+                picked.append(h[:, n:].transpose(1, 2))  # (B, L, C) -> (B, C, L)
+        return [h[:, n:].transpose(1, 2), *picked]
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Images (B, 3, H, W) in [-1, 1] -> logits (B, heads * L): real high, fake low (hinge)."""
-        return torch.cat([head(f).flatten(1) for head, f in zip(self.heads, self.features(x), strict=True)], dim=1)
+
+class DinoHeads(nn.Module):
+    """The trained part of RAE's discriminator: token features -> logits (B, heads * L).
+
+    Args:
+        channels: feature width C (384 for ViT-S).
+        n_features: feature maps (1 + key blocks: 5 for ViT-S/8).
+        kernel_size: of the residual conv (9).
+
+    ``heads[i]`` sees feature map i: 0 the final output, then blocks 2, 5, 8, 11 (the reference's order; heads
+    0 and 4 see the same tokens). State-dict keys as the reference's ``DinoDisc.heads``.
+    """
+
+    def __init__(self, channels: int = 384, n_features: int = 5, kernel_size: int = 9) -> None:
+        super().__init__()
+        c = channels
+        self.heads = nn.ModuleList(
+            nn.Sequential(_block(c, 1), ResidualBlock(_block(c, kernel_size)), sn_conv1d(c, 1, 1))
+            for _ in range(n_features)
+        )
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        """Features, each (B, C, L) -> logits (B, n_features * L): real high, fake low (hinge)."""
+        return torch.cat([head(f).flatten(1) for head, f in zip(self.heads, features, strict=True)], dim=1)
 
 
 def translate(x: Tensor, dh: Tensor, dw: Tensor) -> Tensor:

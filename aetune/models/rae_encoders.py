@@ -39,6 +39,7 @@ class EncoderSpec:
         mean, std: the encoder's image-processor normalisation of [0, 1] pixels.
         prefix_tokens: tokens before the patch tokens in ``last_hidden_state`` (dropped).
         file_prefix: prefix of the encoder's keys in its released file (text tower / MAE decoder excluded).
+        hub_file: the weights file in ``hub_repo`` (step 2's registry entry fetches the same file).
     """
 
     kind: str
@@ -52,6 +53,7 @@ class EncoderSpec:
     std: tuple[float, float, float]
     prefix_tokens: int
     file_prefix: str
+    hub_file: str = "model.safetensors"
 
 
 ENCODERS: dict[str, EncoderSpec] = {
@@ -65,7 +67,18 @@ ENCODERS: dict[str, EncoderSpec] = {
     ),
     # MAE-B/16 fed 256 px (position table interpolated from 14x14), no masking, cls dropped.
     "mae-b16": EncoderSpec(
-        "mae", "facebook/vit-mae-base", 768, 12, 12, 16, 256, IMAGENET_MEAN, IMAGENET_STD, 1, "vit."
+        "mae",
+        "facebook/vit-mae-base",
+        768,
+        12,
+        12,
+        16,
+        256,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        1,
+        "vit.",
+        "pytorch_model.bin",
     ),
 }
 

@@ -5,3 +5,4 @@ to work. Adding a family adds one module here (its sections) and one in ``aetune
 """
 
 from aetune.options import autoencoders  # noqa: F401  (vavae, kl)
+from aetune.options import rae  # noqa: F401  (rae)

@@ -38,6 +38,9 @@ from aetune.recipes import autoencoders  # noqa: E402  (registers the built-in r
 
 register_recipe("kl", autoencoders.KLRecipe)
 register_recipe("vavae", autoencoders.VAVAERecipe)
+from aetune.recipes import rae  # noqa: E402
+
+register_recipe("rae", rae.RAERecipe)
 
 __all__ = [
     "Networks",

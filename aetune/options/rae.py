@@ -1,0 +1,70 @@
+"""Config sections of ``rae`` (Representation Autoencoder, bytetriper/RAE stage 1: decoder training)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aetune.config import bounds, register_schema
+
+
+@dataclass
+class RAEEncoderConfig:
+    """Where the frozen encoder's released weights come from (``model.args.encoder`` picks which encoder)."""
+
+    pretrained: bool = True  # False = random encoder: only by explicit choice (demo preset), and outputs say so
+    weights_path: str | None = None  # local encoder file (offline Kaggle); None = the Hugging Face cache (step 2)
+
+
+@dataclass
+class RAEDiscriminatorConfig:
+    """The DINO discriminator: frozen ViT-S/8 features + trained SN-Conv1d heads."""
+
+    pretrained: bool = True  # DINO ViT-S/8 weights; False = random backbone (demo, tests), and outputs say so
+    weights_path: str | None = None  # local vit_small_patch8_224.dino file; None = the Hugging Face cache
+    kernel_size: int = field(default=9, metadata=bounds(1, 63))  # residual head conv, released value
+    tanh_gelu: bool = False  # the reference's tanh GELU in the DINO MLP (DINO was trained with exact GELU)
+    img_size: int = field(default=0, metadata=bounds(0, 1024))  # 0 = 224; smaller only for a random backbone
+    depth: int = field(default=0, metadata=bounds(0, 12))  # 0 = 12 blocks; fewer only for a random backbone
+    width: int = field(default=0, metadata=bounds(0, 1024))  # 0 = 384; smaller only for a random backbone
+    heads: int = field(default=0, metadata=bounds(0, 16))  # 0 = 6; only for a random backbone
+
+
+@dataclass
+class RAELossConfig:
+    """The released RAE decoder objective (configs/stage1 of bytetriper/RAE) unless noted."""
+
+    perceptual_weight: float = field(default=1.0, metadata=bounds(0.0))  # LPIPS-VGG from the start, released
+    lpips_pretrained: bool = True  # False = no trustworthy LPIPS: only by explicit choice, and outputs say so
+    disc_weight: float = field(default=0.75, metadata=bounds(0.0))  # times the adaptive weight, released
+    disc_start: int = field(default=-1, metadata=bounds(0, allow=(-1,)))  # batches before D updates; -1 = never
+    gan_start: int = field(default=-1, metadata=bounds(0, allow=(-1,)))  # batches before the GAN term; -1 = never
+    token_noise: bool = True  # z + tau * u * n on the tokens in the generator phase (tau: model.args.noise_tau)
+    diffaug_prob: float = field(default=1.0, metadata=bounds(0.0, 1.0))  # DiffAugment probability, released
+    quantize_fakes: bool = True  # D sees reconstructions clamped and rounded to 8 bit, as real images
+
+
+register_schema(
+    "rae",
+    "rae",
+    tiny={
+        "model": {
+            "args": {
+                "encoder_width": 64,
+                "encoder_depth": 2,
+                "encoder_heads": 2,
+                "encoder_input_size": 56,
+                "decoder_width": 64,
+                "decoder_depth": 2,
+                "decoder_heads": 2,
+                "decoder_mlp": 128,
+                "patch_size": 8,
+            }
+        },
+        "encoder": {"pretrained": False},
+        "discriminator": {"pretrained": False, "img_size": 32, "depth": 3, "width": 32, "heads": 2},
+        "loss": {"perceptual_weight": 0.0, "lpips_pretrained": False, "disc_start": 0, "gan_start": 0},
+    },  # fmt: skip
+    loss=RAELossConfig,
+    encoder=RAEEncoderConfig,
+    discriminator=RAEDiscriminatorConfig,
+)
