@@ -60,3 +60,5 @@ def _image_dataset(
 
 
 register_data_kind("image", build_file_cache, _image_dataset)
+
+from aetune.data import pair_kind  # noqa: E402, F401  (registers "pair")

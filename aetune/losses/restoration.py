@@ -1,0 +1,77 @@
+"""The paired restoration objective (HYPIR fork): weighted L1, L2, LPIPS, SSIM and GAN terms of output vs GT.
+
+``total = w_l1 |y - gt|_1 + w_l2 |y - gt|_2^2 + w_lpips LPIPS(y, gt) + w_ssim (1 - SSIM(y, gt)) + w_gan (-D(y))``,
+every term a batch mean on [-1, 1] images (``F.l1_loss`` / ``F.mse_loss`` / ``lpips(...).mean()`` of the fork).
+The GAN weight is fixed, as in the fork (no adaptive weight). Unlike the fork's, the SSIM term has a gradient
+(``aetune.losses.ssim``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aetune.losses.adversarial import generator_loss
+from aetune.losses.ssim import ssim_differentiable
+
+TERMS = ("l1", "l2", "lpips", "ssim", "gan")
+"""Names of the terms: ``train/<term>`` (unweighted values) and ``grad_norm/<term>`` (weighted, at the last layer)."""
+
+
+@dataclass(frozen=True)
+class RestorationWeights:
+    """Term weights; defaults are the fork's ``sd2_finetune_5k.yaml`` (its "improved" variant: 2, 2, 3, 1, 0.3)."""
+
+    l1: float = 1.0
+    l2: float = 1.0
+    lpips: float = 5.0
+    ssim: float = 0.0
+    gan: float = 0.5
+
+
+def restoration_objective(
+    gt: Tensor,
+    out: Tensor,
+    weights: RestorationWeights,
+    perceptual: nn.Module | None = None,
+    logits_fake: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """The generator loss of a restoration batch.
+
+    Computed in float32 with autocast off (LPIPS' channel normalisation overflows in float16). A term with
+    weight 0 is neither computed nor logged; the GAN term needs ``logits_fake`` (None: not active yet).
+
+    Args:
+        gt: (B, 3, H, W) clean targets in [-1, 1].
+        out: (B, 3, H, W) restored outputs (with graph), nominally [-1, 1].
+        weights: the term weights.
+        perceptual: LPIPS taking [-1, 1] images (required when ``weights.lpips > 0``).
+        logits_fake: D(out) computed with the discriminator frozen, or None.
+
+    Returns:
+        ``total`` (0-dim, with graph); per term, ``<term>`` the unweighted value (detached; for ``ssim`` the SSIM
+        itself, not the loss) and ``w_<term>`` the weighted term (with graph: the part for gradient norms).
+    """
+    if weights.lpips > 0 and perceptual is None:
+        raise ValueError(f"lpips weight {weights.lpips} needs a perceptual network (build_lpips())")
+    with torch.autocast(device_type=gt.device.type, enabled=False):
+        y, t = out.float(), gt.float()
+        raw: dict[str, Tensor] = {}
+        losses: dict[str, Tensor] = {}
+        if weights.l1 > 0:
+            losses["l1"] = raw["l1"] = F.l1_loss(y, t)
+        if weights.l2 > 0:
+            losses["l2"] = raw["l2"] = F.mse_loss(y, t)
+        if weights.lpips > 0:
+            losses["lpips"] = raw["lpips"] = perceptual(y, t).float().mean()  # type: ignore[misc]  # checked above
+        if weights.ssim > 0:
+            raw["ssim"] = ssim_differentiable(t, y).mean()
+            losses["ssim"] = 1.0 - raw["ssim"]
+        if weights.gan > 0 and logits_fake is not None:
+            losses["gan"] = raw["gan"] = generator_loss(logits_fake)
+        weighted = {k: getattr(weights, k) * v for k, v in losses.items()}
+        total = sum(weighted.values(), torch.zeros((), device=gt.device))
+    return {"total": total, **{k: v.detach() for k, v in raw.items()}, **{f"w_{k}": v for k, v in weighted.items()}}

@@ -1,0 +1,167 @@
+"""The restoration task: objective numbers, presets, the recipe's phases and gradients, and a step 4 run on pairs.
+
+The config loader and the LightningModule do not select a task yet (docs/restoration.md, "Wiring"): the
+fixture ``restoration_wiring`` stands in for those two lines, so everything below them is tested now.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import aetune.config
+from aetune.config import config_from_dict
+from aetune.data.kinds import get_data_kind
+from aetune.data.paired import prepare_paired_dataset
+from aetune.data.prepared import load_prepared
+from aetune.data.synthetic.paired import generate_paired_dataset
+from aetune.losses.restoration import RestorationWeights, restoration_objective
+from aetune.options.restoration import PRESETS, RestorationLossConfig, restoration_schema
+from aetune.recipes.base import StepContext
+from aetune.recipes.restoration import RestorationRecipe
+
+TINY = {
+    "model": {
+        "family": "kl",
+        "args": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "resolution": 32},
+    },
+    "discriminator": {"ndf": 8, "n_layers": 2},
+    "loss": {"lpips_weight": 0.0, "lpips_pretrained": False, "ssim_weight": 1.0, "disc_start": 0},
+    "data": {"image_size": 32, "num_workers": 0},
+    "train": {
+        "batch_size": 2,
+        "learning_rate": 1e-3,
+        "precision": "32",
+        "val_every_n_steps": 4,
+        "checkpoint_every_n_batches": 2,
+        "grad_norm_every": 1,
+        "stages": {"1": {"epochs": 1, "max_steps": 4}},
+    },
+}
+
+
+@pytest.fixture
+def restoration_wiring(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``--task restoration`` will select: the task's schema for the family, and its recipe."""
+    base = aetune.config.family_schema
+    monkeypatch.setattr(aetune.config, "family_schema", lambda family: restoration_schema(base(family)))
+    monkeypatch.setattr("aetune.train.module.get_recipe", lambda family: RestorationRecipe)
+
+
+def test_objective_matches_a_hand_computation() -> None:
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    out = (gt + 0.2 * torch.randn(gt.shape, generator=g)).clamp(-1, 1).requires_grad_()
+    logits = torch.randn(2, 1, 4, 4, generator=g)
+
+    class HalfL1(torch.nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return 0.5 * (a - b).abs().mean(dim=(1, 2, 3), keepdim=True)
+
+    w = RestorationWeights(l1=2.0, l2=2.0, lpips=3.0, ssim=1.0, gan=0.3)
+    terms = restoration_objective(gt, out, w, HalfL1(), logits)
+    l1, l2 = (out - gt).abs().mean(), ((out - gt) ** 2).mean()
+    assert terms["l1"].item() == pytest.approx(l1.item()) and terms["l2"].item() == pytest.approx(l2.item())
+    assert terms["lpips"].item() == pytest.approx(0.5 * l1.item())
+    assert terms["gan"].item() == pytest.approx(-logits.mean().item())
+    expected = 2 * l1 + 2 * l2 + 3 * 0.5 * l1 + (1 - terms["ssim"]) - 0.3 * logits.mean()
+    assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert set(terms) == {"total", "l1", "l2", "lpips", "ssim", "gan", "w_l1", "w_l2", "w_lpips", "w_ssim", "w_gan"}
+    only = restoration_objective(gt, out, RestorationWeights(l1=1, l2=0, lpips=0, ssim=0, gan=1), None, None)
+    assert set(only) == {"total", "l1", "w_l1"}  # weight 0 and an inactive GAN are not computed
+    with pytest.raises(ValueError, match="perceptual network"):
+        restoration_objective(gt, out, RestorationWeights(), None, None)
+
+
+def test_presets_carry_the_forks_numbers() -> None:
+    base, improved = PRESETS["restoration"], PRESETS["restoration_improved"]
+    assert RestorationLossConfig() == RestorationLossConfig(**base["loss"], disc_start=0, lpips_pretrained=True)
+    assert improved["loss"] == {
+        "l1_weight": 2.0,
+        "l2_weight": 2.0,
+        "lpips_weight": 3.0,
+        "ssim_weight": 1.0,
+        "gan_weight": 0.3,
+    }
+    assert (improved["train"]["learning_rate"], improved["train"]["d_learning_rate"]) == (2e-5, 5e-6)
+    assert (
+        improved["train"]["optimizer"]["g"]["weight_decay"]
+        == 1e-4
+        == improved["train"]["optimizer"]["d"]["weight_decay"]
+    )
+    assert (base["train"]["learning_rate"], base["train"]["d_learning_rate"]) == (1e-5, 1e-5)
+
+
+@pytest.fixture(scope="module")
+def paired_work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Step 3 run on the synthetic paired set: 4 types x 3 pairs of 32 px (8 train, 4 val)."""
+    tmp = tmp_path_factory.mktemp("restoration")
+    root = generate_paired_dataset(tmp / "pairs", pairs_per_type=3, image_size=32, num_users=2, progress=False)
+    prepare_paired_dataset(root, tmp / "work", val_ratio=0.34, progress=False)
+    return tmp / "work"
+
+
+def test_recipe_phases_gradients_and_data(restoration_wiring, paired_work: Path) -> None:
+    cfg = config_from_dict(TINY)
+    assert type(cfg.loss) is RestorationLossConfig and cfg.schema.data_kind == "pair"
+    recipe = RestorationRecipe(cfg, "1")
+    nets = recipe.build()
+    recipe.attach(nets)
+    assert recipe.phases == ("g", "d") and "perceptual" not in nets.frozen
+    data = get_data_kind("pair").dataset(load_prepared(paired_work), "train", 32, "ram", paired_work, False)
+    lq_u8, gt_u8, label = data[0]
+    assert lq_u8.shape == gt_u8.shape == (3, 32, 32) and lq_u8.dtype == torch.uint8 and isinstance(label, int)
+    batch = next(iter(torch.utils.data.DataLoader(data, batch_size=2)))
+    x, target = recipe.inputs(batch)
+    assert x.min() >= -1 and target.max() <= 1 and not torch.equal(x, target)  # input LQ, target GT
+    g = recipe.generator_step(x, target, StepContext(0, torch.Generator().manual_seed(1), parts=True))
+    assert set(g.parts) == {"l1", "l2", "ssim", "gan"} and {"l1", "l2", "ssim", "gan"} <= set(g.logs)
+    layer = recipe.grad_norm_layer
+    for name, part in g.parts.items():  # every term reaches the last layer: grad_norm/<term> is informative
+        (grad,) = torch.autograd.grad(part, layer, retain_graph=True)
+        assert grad.norm() > 0, name
+    assert all(p.grad is None for p in recipe.discriminator.parameters())  # the G loss leaves D alone
+    opt = torch.optim.SGD(recipe.trainable("g"), lr=1e-2)
+    before = layer.detach().clone()
+    g.total.backward()
+    opt.step()
+    assert not torch.equal(before, layer)
+    d = recipe.discriminator_step(x, target, g, StepContext(0, torch.Generator().manual_seed(1)))
+    assert d.total.requires_grad and set(d.logs) == {"logits_real", "logits_fake"}
+    rec = recipe.reconstruct(recipe.autoencoder, x)
+    assert rec.shape == target.shape and rec.abs().max() <= 1
+
+
+def test_ssim_term_alone_trains_the_autoencoder(restoration_wiring, paired_work: Path) -> None:
+    """The fork's bug: its (1 - SSIM) had no gradient. Here SSIM alone lowers the loss in a few steps."""
+    cfg = config_from_dict({**TINY, "loss": {**TINY["loss"], "l1_weight": 0, "l2_weight": 0, "gan_weight": 0}})
+    recipe = RestorationRecipe(cfg, "1")
+    recipe.attach(recipe.build())
+    assert recipe.phases == ("g",)  # no GAN weight: no discriminator
+    data = get_data_kind("pair").dataset(load_prepared(paired_work), "train", 32, "ram", paired_work, False)
+    x, target = recipe.inputs(next(iter(torch.utils.data.DataLoader(data, batch_size=4))))
+    opt = torch.optim.Adam(recipe.trainable("g"), lr=2e-3)
+    losses = []
+    for step in range(8):
+        opt.zero_grad()
+        g = recipe.generator_step(x, target, StepContext(step, torch.Generator().manual_seed(step)))
+        assert set(g.logs) == {"ssim"}
+        g.total.backward()
+        opt.step()
+        losses.append(g.total.item())
+    assert losses[-1] < losses[0] - 0.02
+    assert F.l1_loss(recipe.reconstruct(recipe.autoencoder, x), target) < 2
+
+
+def test_step4_trains_on_pairs(restoration_wiring, paired_work: Path) -> None:
+    """The generic module and runner train the restoration recipe on the pair data kind, end to end."""
+    from aetune.train.runner import TrainRequest, run_training
+
+    cfg = config_from_dict(TINY)
+    result = run_training(TrainRequest(paired_work, cfg, ["1"], accelerator="cpu", progress_bar=False))
+    assert result.status == "done"
+    ckpt = torch.load(paired_work / "checkpoints/stage1/last.ckpt", weights_only=True)
+    assert ckpt["aetune"]["task"] == "restoration" and ckpt["aetune"]["batches_seen"] == 4
