@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aetune.cli import add_common_args, resolve_work_dir, run_main
 from aetune.data.prepared import DEFAULT_NAME
+from aetune.data.sources import add_source_args, prepare_other_source
 from aetune.errors import AetuneError
 from aetune.paths import KAGGLE_INPUT
 
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--images_per_user", type=int, default=150)
     g.add_argument("--image_size", type=int, default=256)
     g.add_argument("--no_progress", action="store_true", help="no progress bars (logs, CI)")
+    add_source_args(p)
     return p.parse_args(argv)
 
 
@@ -94,6 +96,8 @@ def main(args: argparse.Namespace) -> int:
     check_args(args)
     work_dir = resolve_work_dir(args)
     check_output_dir(work_dir)
+    if prepare_other_source(args, work_dir):  # paired LQ/GT folders, Hugging Face dataset folders
+        return 0
     root = _data_root(args, work_dir)
     summary = prepare_dataset(root, work_dir, args.name, args.val_ratio, args.seed, progress=not args.no_progress)
     log.info("data root: %s", summary.data_root)

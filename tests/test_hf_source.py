@@ -192,3 +192,16 @@ def test_columns_splits_and_ratios_are_checked(hf_dict, tmp_path: Path) -> None:
     (tmp_path / "damaged" / "state.json").unlink()  # now read as a folder of .arrow files
     with pytest.raises(AetuneError, match="cannot read .*damaged as arrow files"):
         scan_hf_dataset(tmp_path / "damaged", ["train"], progress=False, cache_dir=str(tmp_path / "cache"))
+
+
+def test_step3_prepares_a_hugging_face_folder(hf_dict, tmp_path: Path, capsys) -> None:
+    import step3_prepare_dataset as step3
+    from aetune.cli import run_main
+
+    src, _, _ = hf_dict
+    args = ["--data_root", str(src), "--output_dir", str(tmp_path / "w"), "--hf_validation_split", "none"]
+    assert run_main(step3.main, step3.parse_args([*args, "--train_split", "0.8", "--no_progress"])) == 0
+    split = read_json(data_dir(tmp_path / "w") / "split.json")
+    assert split["val_ratio"] == 0.2 and all(p.startswith("hf://train/") for p in split["train"] + split["val"])
+    out = capsys.readouterr().out
+    assert "Hugging Face dataset" in out and "no 'none' split" in out and "ID_10" in out

@@ -216,3 +216,25 @@ def test_synthetic_paired_set_is_deterministic_and_degraded(tmp_path: Path) -> N
     summary = prepare_paired_dataset(a, work, val_ratio=0.34, progress=False)
     assert [r[0] for r in summary.rows] == sorted(DEGRADATIONS)
     assert all(r[3] == 1 and r[2] == 2 and r[4] == 0 for r in summary.rows)
+
+
+def test_step3_prepares_pairs_from_the_command_line(messy: Path, tmp_path: Path, capsys) -> None:
+    import step3_prepare_dataset as step3
+    from aetune.cli import run_main
+
+    def run(*args: str) -> int:
+        return run_main(step3.main, step3.parse_args([*args, "--no_progress"]))
+
+    work = tmp_path / "synthetic"
+    assert run("--synthetic_paired", "--pairs_per_type", "3", "--image_size", "32", "--output_dir", str(work)) == 0
+    dataset = read_json(data_dir(work) / "dataset.json")
+    assert dataset["kind"] == "paired" and dataset["num_users"] == 4 and dataset["num_images"] == 12
+    out = capsys.readouterr().out
+    assert "LowLight" in out and "total" in out
+    val_root = tmp_path / "val"
+    _pairs(val_root / "Blur", 2, seed=7)
+    assert run("--data_root", str(messy), "--val_root", str(val_root), "--output_dir", str(tmp_path / "w")) == 0
+    split = read_json(data_dir(tmp_path / "w") / "split.json")
+    assert split["val"] == [f"{VAL_PREFIX}Blur/GT/p_00.png", f"{VAL_PREFIX}Blur/GT/p_01.png"]
+    assert run("--val_root", str(val_root), "--output_dir", str(tmp_path / "x")) == 2
+    assert "error: --val_root needs --data_root" in capsys.readouterr().err
