@@ -165,3 +165,22 @@ def test_step4_trains_on_pairs(restoration_wiring, paired_work: Path) -> None:
     assert result.status == "done"
     ckpt = torch.load(paired_work / "checkpoints/stage1/last.ckpt", weights_only=True)
     assert ckpt["aetune"]["task"] == "restoration" and ckpt["aetune"]["batches_seen"] == 4
+
+
+def test_validation_values_per_degradation_type(restoration_wiring) -> None:
+    cfg = config_from_dict({**TINY, "restoration": {"crop_border": 2}})
+    recipe = RestorationRecipe(cfg, "1")
+    recipe.attach(recipe.build())
+    g = torch.Generator().manual_seed(2)
+    gt = torch.rand(4, 3, 24, 24, generator=g)
+    out = (gt + 0.05 * torch.randn(gt.shape, generator=g)).clamp(0, 1)
+    labels = torch.tensor([1, 0, 1, 1])
+    values = recipe.validation_values(gt, out, labels, {0: "Blur", 1: "Noise"})
+    assert set(values) == {"psnr", "ssim", "Blur/psnr", "Blur/ssim", "Noise/psnr", "Noise/ssim"}  # no LPIPS: none
+    from aetune.restoration_metrics import aggregate_by_type, psnr_y
+
+    torch.testing.assert_close(values["psnr"], psnr_y(out, gt, crop_border=2))
+    assert values["Noise/psnr"].shape == (3,)
+    agg = aggregate_by_type(["Noise", "Blur", "Noise", "Noise"], {k: values[k] for k in ("psnr", "ssim")})
+    assert agg["Noise/psnr"] == pytest.approx(values["Noise/psnr"].mean().item())
+    assert agg["Blur/ssim"] == pytest.approx(values["Blur/ssim"].item())

@@ -20,6 +20,7 @@ from aetune.losses import build_lpips, discriminator_objective
 from aetune.losses.restoration import TERMS, RestorationWeights, restoration_objective
 from aetune.models import NLayerDiscriminator, create_autoencoder
 from aetune.recipes.base import Networks, PhaseResult, Recipe, StepContext, frozen
+from aetune.restoration_metrics import restoration_metrics
 
 
 class RestorationRecipe(Recipe):
@@ -97,6 +98,29 @@ class RestorationRecipe(Recipe):
             self.discriminator(g.carry["real"]), self.discriminator(g.carry["fake"].detach())
         )
         return PhaseResult(terms["total"], {"logits_real": terms["logits_real"], "logits_fake": terms["logits_fake"]})
+
+    def validation_values(
+        self, target: Tensor, output: Tensor, labels: Tensor, names: dict[int, str]
+    ) -> dict[str, Tensor]:
+        """Per-image validation values keyed as logged (``val/<key>``), overall and per degradation type.
+
+        The module logs each key's mean weighted by its number of values, which over a validation epoch gives
+        the mean over that type's images (``val/Blur/psnr``). Conventions: ``aetune.restoration_metrics``.
+
+        Args:
+            target, output: (B, 3, H, W) GT and restored images in [0, 1].
+            labels: (B,) degradation labels; ``names`` maps them to the type names (``data/labels.json``).
+
+        Returns:
+            ``{"psnr": (B,), "ssim", ["lpips", "final_score"], "<Type>/psnr": (n_type,), ...}``.
+        """
+        crop = self.cfg.restoration.crop_border
+        values = restoration_metrics(output, target, self.lpips, crop)
+        out = dict(values)
+        for label in labels.unique().tolist():
+            mask = labels == label
+            out |= {f"{names[int(label)]}/{k}": v[mask] for k, v in values.items()}
+        return out
 
     def notes(self) -> dict[str, Any]:
         return {"task": "restoration", "lpips": self.loss.lpips_pretrained}
