@@ -11,6 +11,18 @@ from pathlib import Path
 
 from tests.train_helpers import make_work_dir
 
+
+def make_video_work_dir(tmp: Path) -> Path:
+    """2 users x 6 synthetic videos of 12 frames at 32 px, prepared by step 3's video code in ``tmp/work``."""
+    from aetune.data.synthetic.video import generate_video_dataset
+    from aetune.data.video import prepare_video_dataset
+
+    root = generate_video_dataset(tmp / "videos", num_users=2, videos_per_user=6, frames=12, size=32, progress=False)
+    prepare_video_dataset(root, tmp / "work", name="tiny", val_ratio=0.25, seed=0, progress=False)
+    return tmp / "work"
+
+
 TINY_DATA: dict[str, Callable[[Path], Path]] = {
     "image": lambda tmp: make_work_dir(tmp, users=2, per_user=8, size=32),
+    "video": make_video_work_dir,
 }

@@ -185,7 +185,7 @@ def load_prepared(work_dir: str | Path, data_root: str | Path | None = None) -> 
     )
     # Rows referenced as hf://<split>/<row> live inside dataset files (aetune.data.hf_source), not as files.
     samples = [s for s in prepared.train + prepared.val if "://" not in s.relpath]
-    missing = [s.relpath for s in samples if not prepared.path(s).is_file()]
+    missing = [s.relpath for s in samples if not prepared.path(s).exists()]  # a video may be a folder of frames
     if samples and len(missing) == len(samples):
         raise AetuneError(
             f"{root} holds none of the {len(samples)} images of {d / SPLIT_FILE}: the data moved since step 3; "

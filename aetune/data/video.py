@@ -22,7 +22,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -34,14 +34,19 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from aetune.data.images import DECOMPRESSION_BOMB, IMAGE_SUFFIXES, load_rgb
-from aetune.data.prepared import PreparedData
+from aetune.data.paired import write_data_documents
+from aetune.data.prepare import PrepareSummary, check_output_dir
+from aetune.data.prepared import DATASET_FILE, LABELS_FILE, SPLIT_FILE, PreparedData, check_dataset_name
 from aetune.data.scan import MIN_IMAGE_SIDE, ScanResult, _is_hidden, natural_key
+from aetune.data.split import check_val_ratio, duplicate_groups, split_groups, split_records
 from aetune.errors import AetuneError
 from aetune.io import atomic_path, atomic_write_json, read_json
 from aetune.optional import require
 
 log = logging.getLogger(__name__)
 
+KIND = "video"
+"""``dataset.json``'s ``kind`` for a video dataset."""
 VIDEO_SUFFIXES = frozenset({".mp4", ".webm", ".mov"})
 """Video file extensions step 3 accepts (lower case)."""
 MIN_VIDEO_SIDE = MIN_IMAGE_SIDE
@@ -250,6 +255,64 @@ def scan_videos(data_root: str | Path, min_frames: int = DEFAULT_MIN_FRAMES, pro
             f"frame images, each of at least {min_frames} frames"
         )
     return result
+
+
+def prepare_video_dataset(
+    data_root: str | Path,
+    work_dir: str | Path,
+    name: str = "videos",
+    val_ratio: float = 0.1,
+    seed: int = 42,
+    min_frames: int = DEFAULT_MIN_FRAMES,
+    progress: bool = True,
+) -> PrepareSummary:
+    """Step 3 for videos: scan, split by video (``aetune.data.split``), write ``data/*.json`` as a set.
+
+    Raises:
+        AetuneError: bad arguments, unwritable ``work_dir``, no usable video, or no training video (nothing
+            is written then).
+    """
+    check_val_ratio(val_ratio)
+    check_dataset_name(name)
+    check_output_dir(work_dir)
+    scan = scan_videos(data_root, min_frames, progress)
+    labels = {user: i for i, user in enumerate(scan.users)}
+    train, val = split_records(scan.accepted, val_ratio, seed)
+    if not train:
+        raise AetuneError(f"no training video: all {len(val)} fell in validation; add videos or lower --val_ratio")
+    dataset = {
+        "kind": KIND,
+        "name": name,
+        "data_root": str(scan.data_root),
+        "num_users": len(labels),
+        "num_images": len(scan.accepted),  # videos: the unit of the split
+        "accepted": [{**asdict(r), "label": labels[r.user]} for r in scan.accepted],
+        "rejected": scan.rejected,
+        "duplicates": duplicate_groups(scan.accepted),
+        "near_duplicates": [],  # not checked for videos: identical copies (sha1) are grouped
+        "groups": [g for g in split_groups(scan.accepted) if len(g) > 1],
+        "empty_users": scan.empty_users,
+        "min_frames": min_frames,
+        "conversion": "decoded with PyAV (files) or aetune.data.images.to_rgb (frame folders) to RGB uint8",
+    }
+    split = {"seed": seed, "val_ratio": val_ratio, "data_root": str(scan.data_root), "train": train, "val": val}
+    changed = write_data_documents(work_dir, {LABELS_FILE: labels, DATASET_FILE: dataset, SPLIT_FILE: split})
+    sides = {**dict.fromkeys(train, "train"), **dict.fromkeys(val, "val")}
+    rows = []
+    for user, label in labels.items():
+        mine = [sides[r.relpath] for r in scan.accepted if r.user == user]
+        rejected = sum(1 for r in scan.rejected if r["path"].split("/")[0] == user)
+        rows.append((user, label, mine.count("train"), mine.count("val"), rejected))
+    return PrepareSummary(
+        data_root=scan.data_root,
+        labels=labels,
+        rows=rows,
+        rejected=len(scan.rejected),
+        duplicates=sum(len(g) - 1 for g in dataset["duplicates"]),
+        near_duplicates=0,
+        empty_users=scan.empty_users,
+        changed=changed,
+    )
 
 
 def _resized(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -41,6 +41,10 @@ register_recipe("vavae", autoencoders.VAVAERecipe)
 from aetune.recipes import rae  # noqa: E402
 
 register_recipe("rae", rae.RAERecipe)
+from aetune.recipes import tiny  # noqa: E402
+
+register_recipe("taesd", tiny.TinyRecipe)
+register_recipe("taehv", tiny.VideoTinyRecipe)
 
 __all__ = [
     "Networks",
