@@ -1,0 +1,97 @@
+"""The taesd / taehv recipes: distillation from a teacher file, hand-computed objective, separated gradients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from aetune.config import load_config
+from aetune.errors import AetuneError
+from aetune.models import create_autoencoder, get_family
+from aetune.recipes.base import StepContext
+from aetune.recipes.tiny import TinyRecipe, VideoTinyRecipe
+from aetune.train.artifacts import FINAL_FORMAT, META_KEYS
+
+STUDENT = ["model.args.width=8", "model.args.latent_channels=32", "model.args.downsample_factor=4"]
+
+
+def teacher_file(tmp: Path) -> tuple[Path, Path, torch.nn.Module]:
+    """A tiny ``kl`` model (32 channels, f4) saved as a final model file, and its latents_stats.pt."""
+    torch.manual_seed(1)
+    kl = create_autoencoder("kl", **get_family("kl").tiny).eval()
+    meta = dict.fromkeys(META_KEYS) | {"family": "kl", "model_config": kl.config, "config": {}, "labels": {}}
+    path = tmp / "kl_tiny_final.pt"
+    torch.save({"format": FINAL_FORMAT, **meta, "state_dict": kl.state_dict(), "discriminator_state_dict": {}}, path)
+    stats = tmp / "latents_stats.pt"
+    torch.save({"mean": torch.linspace(-0.5, 0.5, 32).view(1, 32, 1, 1), "std": torch.full((1, 32, 1, 1), 2.0)}, stats)
+    return path, stats, kl
+
+
+def recipe(cls: type, preset: str, *overrides: str) -> TinyRecipe:
+    torch.manual_seed(0)
+    r = cls(load_config(preset, ["loss.disc_start=-1", *overrides]), "1")
+    r.attach(r.build())
+    return r
+
+
+def test_distillation_objective_matches_a_hand_computation(tmp_path: Path) -> None:
+    path, stats, kl = teacher_file(tmp_path)
+    r = recipe(TinyRecipe, "taesd_demo", *STUDENT, f"distill.teacher={path}", f"distill.latent_stats={stats}")
+    assert "teacher" in r.nets.frozen and not any(p.requires_grad for p in r.nets.frozen["teacher"].parameters())
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    out = r.generator_step(x, x, StepContext(batch=0, generator=torch.Generator(), parts=True))
+
+    mean, std = torch.linspace(-0.5, 0.5, 32).view(1, 32, 1, 1), 2.0
+    with torch.no_grad():
+        z_t = (kl.encode(x).latents - mean) / std  # the teacher's scaled latents
+        z_s = r.autoencoder.encode(x).latents
+        x_hat = r.autoencoder.decode(z_t).sample  # the student decodes the teacher's latents
+        teacher_rec = kl.decode(z_t * std + mean).sample
+    want = {
+        "enc_distill": 0.1 * (z_s - z_t).pow(2).mean(),
+        "dec_distill": 0.1 * (x_hat - teacher_rec).pow(2).mean(),
+        "rec": 10.0 * (x_hat - x).abs().mean(),
+    }
+    assert set(out.parts) == set(want)  # no LPIPS (demo), no GAN (disc_start -1)
+    for k, v in want.items():
+        torch.testing.assert_close(out.parts[k].detach(), v, rtol=1e-5, atol=1e-6, msg=k)
+    torch.testing.assert_close(out.total.detach(), sum(want.values()), rtol=1e-5, atol=1e-6)
+
+    # The halves meet only through the teacher: the encoder learns from the latent MSE alone.
+    out.parts["enc_distill"].backward(retain_graph=True)
+    assert all(p.grad is None for p in r.autoencoder.decoder.parameters())
+    enc_grad = r.autoencoder.encoder[0].weight.grad.clone()
+    r.autoencoder.zero_grad()
+    out.total.backward()
+    torch.testing.assert_close(r.autoencoder.encoder[0].weight.grad, enc_grad)
+
+
+def test_without_a_teacher_it_trains_end_to_end() -> None:
+    r = recipe(TinyRecipe, "taesd_demo")
+    assert "teacher" not in r.nets.frozen and r.discriminator is None
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = r.generator_step(x, x, StepContext(batch=0, generator=torch.Generator(), parts=True))
+    assert set(out.parts) == {"rec"}
+    out.total.backward()
+    assert r.autoencoder.encoder[0].weight.grad.abs().sum() > 0  # the reconstruction reaches the encoder
+
+
+def test_a_teacher_of_another_latent_shape_or_bad_statistics_is_one_error(tmp_path: Path) -> None:
+    path, stats, _ = teacher_file(tmp_path)
+    with pytest.raises(AetuneError, match=r"32-channel latents at 1/4 resolution, the taesd model 8 at 1/8"):
+        recipe(TinyRecipe, "taesd_demo", f"distill.teacher={path}")
+    torch.save({"mean": torch.zeros(1, 4, 1, 1), "std": torch.ones(1, 4, 1, 1)}, stats)
+    with pytest.raises(AetuneError, match="has 4 channels .* the teacher kl has 32"):
+        recipe(TinyRecipe, "taesd_demo", *STUDENT, f"distill.teacher={path}", f"distill.latent_stats={stats}")
+
+
+def test_video_targets_are_the_frames_that_come_back() -> None:
+    r = recipe(VideoTinyRecipe, "taehv_demo", "clip.frames=6")
+    clips = torch.randint(0, 256, (2, 6, 3, 32, 32), dtype=torch.uint8)
+    x, target = r.inputs((clips, torch.tensor([0, 1])))
+    assert x.shape == (2, 6, 3, 32, 32) and target.shape == (2 * 5, 3, 32, 32)  # 6 frames -> 2 latents -> 5
+    torch.testing.assert_close(target.view(2, 5, 3, 32, 32), x[:, :5])
+    out = r.generator_step(x, target, StepContext(batch=0, generator=torch.Generator()))
+    assert torch.isfinite(out.total) and r.reconstruct(r.autoencoder, x).shape == target.shape
