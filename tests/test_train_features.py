@@ -199,3 +199,29 @@ def test_numbers_out_of_range_name_the_key_and_range(override: str, message: str
 
 def test_vavae_preset_freezes_three_encoder_levels() -> None:
     assert load_config("vavae").model.freeze_encoder_levels == 3
+
+
+def test_a_nonfinite_stop_inside_a_window_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NaN at batch 2, the first of window [2, 3]: the stop saves the open window (G bad, D's gradients pending)."""
+    from aetune.recipes.autoencoders import KLRecipe
+
+    real = KLRecipe.generator_step
+
+    def nan_at_batch_2(self, x, target, ctx):
+        out = real(self, x, target, ctx)
+        if ctx.batch == 2:
+            out.total = out.total * float("nan")
+        return out
+
+    monkeypatch.setattr(KLRecipe, "generator_step", nan_at_batch_2)
+    sets = ("train.gradient_accumulation=2", "train.stages.1.max_steps=6")
+    reference, stopped = make_work_dir(tmp_path / "ref"), make_work_dir(tmp_path / "stop")
+    assert train(reference, tiny_config(tmp_path, *sets, "train.max_nonfinite=5")).status == "done"
+    with pytest.raises(AetuneError, match="diverged at batch 3"):
+        train(stopped, tiny_config(tmp_path, *sets, "train.max_nonfinite=1"))
+    window = last(stopped)["aetune"]["window"]
+    assert window["bad"] == {"g": True, "d": False} and window["pending"]["d"] and window["grads"]
+    assert train(stopped, tiny_config(tmp_path, *sets, "train.max_nonfinite=5")).status == "done"
+    a, b = last(reference), last(stopped)
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=0, atol=1e-6, msg=k)

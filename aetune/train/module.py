@@ -85,6 +85,7 @@ class AutoencoderModule(pl.LightningModule):
         self.rfid_at = -1  # batch of the last rFID (checkpointed: "every N batches" holds across resumes)
         self._fid_on = False
         self.validation_extras: dict[str, Any] = {}  # non-metric facts of the last validation (rFID note)
+        self._window_grads: dict[str, Tensor] = {}  # a resumed open window's gradients, until on_train_start
 
     @property
     def eval_autoencoder(self) -> Autoencoder:
@@ -334,7 +335,12 @@ class AutoencoderModule(pl.LightningModule):
         window = meta.get("window")
         if window is not None:
             self._pending, self._bad = dict(window["pending"]), dict(window["bad"])
-            params = self._trainable_by_name()
-            for name, grad in window["grads"].items():
-                params[name].grad = grad.to(params[name].device).clone()
+            self._window_grads = window["grads"]
         set_rng_state(meta["rng"])
+
+    def on_train_start(self) -> None:
+        """Put a saved window's gradients back (here: the Trainer zeroes all gradients after restoring)."""
+        params = self._trainable_by_name()
+        for name, grad in self._window_grads.items():
+            params[name].grad = grad.to(params[name].device).clone()
+        self._window_grads = {}
