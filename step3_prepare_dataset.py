@@ -31,12 +31,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42, help="seed of the content hash that assigns the split (0..2^32-1)")
     p.add_argument("--name", default=DEFAULT_NAME, help="dataset name used in output file names ([A-Za-z0-9._-])")
     g = p.add_argument_group("built-in synthetic dataset")
-    g.add_argument("--synthetic", choices=["microdoppler"], help="generate the synthetic dataset, then prepare it")
+    g.add_argument(
+        "--synthetic", choices=["microdoppler", "microdoppler_video"], help="generate a synthetic set, then prepare it"
+    )
     g.add_argument("--num_users", type=int, default=31)
     g.add_argument("--images_per_user", type=int, default=150)
     g.add_argument("--image_size", type=int, default=256)
     g.add_argument("--no_progress", action="store_true", help="no progress bars (logs, CI)")
     add_source_args(p)
+    v = p.add_argument_group("videos (--family taehv; docs/tiny.md)")
+    v.add_argument("--kind", choices=["image", "video"], default="image", help="video: video files or frame folders")
+    v.add_argument("--min_frames", type=int, default=12, help="shortest accepted video, in frames")
     return p.parse_args(argv)
 
 
@@ -96,6 +101,15 @@ def main(args: argparse.Namespace) -> int:
     check_args(args)
     work_dir = resolve_work_dir(args)
     check_output_dir(work_dir)
+    if args.kind == "video" or args.synthetic == "microdoppler_video":
+        from aetune.data.video import prepare_video_source
+
+        synthetic = args.synthetic == "microdoppler_video"
+        prepare_video_source(
+            work_dir, args.data_root, synthetic, args.name, args.val_ratio, args.seed, args.min_frames,
+            args.num_users, image_size=args.image_size, progress=not args.no_progress,
+        )  # fmt: skip
+        return 0
     if prepare_other_source(args, work_dir):  # paired LQ/GT folders, Hugging Face dataset folders
         return 0
     root = _data_root(args, work_dir)

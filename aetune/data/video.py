@@ -446,3 +446,36 @@ class VideoClips(Dataset):
         v, start = self.index[i]
         clip = np.array(np.load(self.files[v], mmap_mode="r")[start : start + self.frames])  # copy (T, H, W, 3)
         return torch.from_numpy(clip).permute(0, 3, 1, 2), self.labels[v]  # (T, H, W, 3) -> (T, 3, H, W)
+
+
+SYNTHETIC_VIDEO_DIRNAME = "synthetic_microdoppler_video"
+"""Where step 3 ``--synthetic microdoppler_video`` writes the set, inside the work directory."""
+
+
+def prepare_video_source(
+    work_dir: Path, data_root: str | None, synthetic: bool, name: str, val_ratio: float, seed: int, min_frames: int,
+    num_users: int = 4, videos_per_user: int = 6, image_size: int = 64, progress: bool = True,
+) -> PrepareSummary:  # fmt: skip
+    """Step 3 ``--kind video``: the user's folder of videos, or the synthetic set generated first; logs the table.
+
+    Raises:
+        AetuneError: both or neither of ``data_root`` and ``synthetic``, or what ``prepare_video_dataset`` raises.
+    """
+    from aetune.data.prepare import format_table
+    from aetune.data.synthetic.video import generate_video_dataset
+
+    if synthetic == (data_root is not None):
+        raise AetuneError("videos: pass either --data_root DIR (one folder of videos per user) or --synthetic")
+    if synthetic:
+        root: str | Path = generate_video_dataset(
+            Path(work_dir) / SYNTHETIC_VIDEO_DIRNAME, num_users, videos_per_user, max(24, min_frames), image_size,
+            seed=seed, progress=progress,
+        )  # fmt: skip
+    else:
+        root = data_root  # type: ignore[assignment]
+    summary = prepare_video_dataset(root, work_dir, name, val_ratio, seed, min_frames, progress)
+    log.info("video data root: %s", summary.data_root)
+    log.info(format_table(summary))
+    if summary.rejected:
+        log.warning("%d files or folders rejected, with reasons, in data/dataset.json", summary.rejected)
+    return summary
