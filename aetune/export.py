@@ -34,6 +34,12 @@ LIGHTNINGDIT_FAMILIES = ("kl", "vavae")
 """Families whose state dict already has LightningDiT's key names."""
 
 
+def encoder_modules(model: Autoencoder) -> tuple[str, ...]:
+    """What maps images to latents: the family's ``encoder_modules`` (submodules or buffers, e.g. RAE's
+    ``("encoder", "latent_mean", "latent_var")``), else ``ENCODER_MODULES``."""
+    return tuple(getattr(model, "encoder_modules", ENCODER_MODULES))
+
+
 def encoder_export_name(family: str) -> str:
     """``<family>_encoder_for_dit.pt`` (the seed's ``vavae_encoder_for_dit.pt`` for VA-VAE)."""
     return f"{family}_encoder_for_dit.pt"
@@ -64,17 +70,23 @@ def encoder_state_dict(model: Autoencoder) -> dict[str, Tensor]:
     Raises:
         AetuneError: the model has no ``encoder`` / ``quant_conv`` (a family without that layout).
     """
-    missing = [name for name in ENCODER_MODULES if not isinstance(getattr(model, name, None), nn.Module)]
+    names = encoder_modules(model)
+    missing = [name for name in names if not isinstance(getattr(model, name, None), (nn.Module, Tensor))]
     if missing:
         raise AetuneError(
             f"family '{model.family}' has no {', '.join(missing)} module: the DiT encoder export supports "
             f"the LightningDiT layout ({', '.join(LIGHTNINGDIT_FAMILIES)})"
         )
-    return {
+    state = {
+        name: getattr(model, name).detach().cpu().clone() for name in names if isinstance(getattr(model, name), Tensor)
+    }
+    state |= {
         f"{name}.{key}": value.detach().cpu().clone()
-        for name in ENCODER_MODULES
+        for name in names
+        if isinstance(getattr(model, name), nn.Module)
         for key, value in getattr(model, name).state_dict().items()
     }
+    return state
 
 
 def build_encoder_export(
@@ -203,8 +215,33 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> DiTEnc
     # Built on the meta device: the decoder is never materialised, only the exported modules get weights.
     with torch.device("meta"):
         autoencoder = create_autoencoder(payload["family"], **payload["model_config"])
-    state = payload["state_dict"]
-    for name in ENCODER_MODULES:
+    names = _load_exported(autoencoder, payload["state_dict"], p)
+    if any(
+        b.is_meta
+        for n in names
+        if isinstance(getattr(autoencoder, n), nn.Module)
+        for b in getattr(autoencoder, n).buffers()
+    ):
+        # buffers computed in __init__ and not saved (e.g. SigLIP's position ids inside an RAE encoder) stay
+        # empty on the meta device: such a family is built for real, at the cost of materialising its decoder
+        autoencoder = create_autoencoder(payload["family"], **payload["model_config"])
+        _load_exported(autoencoder, payload["state_dict"], p)
+    for name in [n for n, _ in autoencoder.named_children()]:
+        if name not in names:
+            setattr(autoencoder, name, None)  # decoder-side modules: not exported, never used by encode
+    encoder = DiTEncoder(autoencoder, payload)
+    return encoder.to(device).eval()
+
+
+def _load_exported(autoencoder: Autoencoder, state: dict[str, Tensor], p: Path) -> tuple[str, ...]:
+    """Put the exported weights into ``autoencoder``'s encoder-side modules and buffers; return their names."""
+    names = encoder_modules(autoencoder)
+    for name in names:
+        if isinstance(getattr(autoencoder, name), Tensor):  # a buffer (e.g. latent statistics)
+            if name not in state:
+                raise AetuneError(f"{p}: the export has no {name}")
+            setattr(autoencoder, name, state[name].clone())
+            continue
         prefix = f"{name}."
         module: nn.Module = getattr(autoencoder, name)
         sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
@@ -212,11 +249,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> DiTEnc
             module.load_state_dict(sub, strict=True, assign=True)
         except RuntimeError as e:
             raise AetuneError(f"{p}: the exported {name} weights do not match its architecture ({e})") from e
-    for name in [n for n, _ in autoencoder.named_children()]:
-        if name not in ENCODER_MODULES:
-            setattr(autoencoder, name, None)  # decoder-side modules: not exported, never used by encode
-    encoder = DiTEncoder(autoencoder, payload)
-    return encoder.to(device).eval()
+    return names
 
 
 def save_encoder_export(

@@ -120,3 +120,26 @@ def test_random_encoder_weights_path_conflict_and_missing_file(tmp_path) -> None
     cfg = load_config("rae_demo", ["encoder.pretrained=true", f"encoder.weights_path={tmp_path / 'x.safetensors'}"])
     with pytest.raises(AetuneError, match="does not exist"):
         get_recipe("rae")(cfg, "1").build()
+
+
+@pytest.mark.parametrize("encoder", ["dinov2-reg-b", "siglip2-b16-256"])  # SigLIP2: position ids built in __init__
+def test_dit_export_keeps_the_encoder_and_the_latent_normalisation(encoder: str, tmp_path) -> None:
+    from aetune.export import load_encoder, save_encoder_export
+    from aetune.latent_stats import LatentStatsAccumulator
+    from aetune.models import create_autoencoder, get_family
+
+    size = 56 if encoder.startswith("dinov2") else 64
+    torch.manual_seed(0)
+    args = {**get_family("rae").tiny, "encoder": encoder, "encoder_input_size": size, "normalize_latents": True}
+    model = create_autoencoder("rae", **args).eval()
+    model.set_latent_stats(torch.randn(64, 4, 4), torch.rand(64, 4, 4) + 0.5)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    z = model.encode(x).latents
+    acc = LatentStatsAccumulator("mode")
+    acc.update(z)
+    path = save_encoder_export(tmp_path / "rae_encoder_for_dit.pt", model, acc.result(), {"a": 0}, 32)
+    loaded = load_encoder(path)
+    assert loaded.autoencoder.decoder is None  # the decoder is not exported
+    torch.testing.assert_close(loaded.encode(x), z)  # same tokens, same per-(C, H, W) normalisation
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert {"latent_mean", "latent_var"} <= set(state) and not any(k.startswith("decoder.") for k in state)

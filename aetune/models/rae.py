@@ -112,6 +112,9 @@ class RAE(Autoencoder):
         latent_mean, latent_var: (C, g, g) normalisation statistics (0 and 1 until set).
     """
 
+    encoder_modules = ("encoder", "latent_mean", "latent_var")
+    """What a DiT encoder export keeps (``aetune.export``): the frozen encoder and the latent normalisation."""
+
     def __init__(self, config: RAEConfig) -> None:
         super().__init__(config)
         c = config

@@ -140,8 +140,12 @@ class FrozenEncoder(nn.Module):
         self.model = _build(spec, self.width, depth or spec.depth, heads or spec.heads)
         self.model.requires_grad_(False)
         self.model.eval()
-        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+
+    def _mean_std(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """The normalisation as (1, 3, 1, 1) tensors on ``like``'s device (constants, not buffers: nothing to
+        export or load, and a model built on the meta device needs none)."""
+        mean = torch.tensor(self.spec.mean, device=like.device, dtype=like.dtype).view(1, 3, 1, 1)
+        return mean, torch.tensor(self.spec.std, device=like.device, dtype=like.dtype).view(1, 3, 1, 1)
 
     def train(self, mode: bool = True) -> FrozenEncoder:
         """Stay in eval mode whatever the parent does (frozen: no dropout, no drop-path)."""
@@ -151,11 +155,13 @@ class FrozenEncoder(nn.Module):
         """[0, 1] images (B, 3, H, W) -> bicubic resize to ``input_size`` (when different) -> mean/std."""
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bicubic", align_corners=False)
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        mean, std = self._mean_std(x)
+        return (x - mean) / std
 
     def denormalize(self, x: Tensor) -> Tensor:
         """Encoder-normalised pixels -> [0, 1] scale (what the RAE decoder's output is mapped back with)."""
-        return x * self.std.to(x.dtype) + self.mean.to(x.dtype)
+        mean, std = self._mean_std(x)
+        return x * std + mean
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:

@@ -268,7 +268,8 @@ def _diffusers_buffers(
     """Check ``encoder_mean`` / ``encoder_std``; our (mean, var) from ``_latents_mean`` / ``_latents_std``, or
     None when they are the identity (diffusers' default)."""
     enc = model.encoder
-    for key, ours in (("encoder_mean", enc.mean), ("encoder_std", enc.std)):
+    mean, std = torch.tensor(enc.spec.mean), torch.tensor(enc.spec.std)
+    for key, ours in (("encoder_mean", mean), ("encoder_std", std)):
         if key in state:
             if not torch.allclose(state[key].float().reshape(-1), ours.reshape(-1), atol=1e-6):
                 raise CheckpointError(
