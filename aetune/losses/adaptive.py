@@ -34,5 +34,10 @@ def adaptive_weight(nll: Tensor, term: Tensor, last_layer: nn.Parameter | None, 
         raise ValueError(f"the adaptive weight compares gradients at {what}: give a trainable last layer")
     (g_nll,) = torch.autograd.grad(nll, last_layer, retain_graph=True)
     (g_term,) = torch.autograd.grad(term, last_layer, retain_graph=True)
+    return grad_ratio(g_nll, g_term, max_weight)
+
+
+def grad_ratio(g_nll: Tensor, g_term: Tensor, max_weight: float) -> Tensor:
+    """``clamp(||g_nll|| / (||g_term|| + 1e-4), 0, max_weight)`` of two gradients at one layer, detached float32."""
     weight = torch.norm(g_nll.float()) / (torch.norm(g_term.float()) + 1e-4)
     return torch.clamp(weight, 0.0, max_weight).detach()

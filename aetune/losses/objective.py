@@ -83,25 +83,22 @@ def generator_objective(
         )
     if (z_proj is None) != (teacher_feat is None):
         raise ValueError("z_proj and teacher_feat go together: pass both (alignment) or neither")
+    t = generator_terms(x, x_rec, posterior, weights, perceptual, logits_fake, z_proj, teacher_feat)
+    nll, kl, g_loss, vf = t["nll"], t["kl"], t["g_loss"], t["vf"]
+    zero = torch.zeros((), device=nll.device)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        nll, rec = nll_loss(x, x_rec, perceptual, weights.perceptual_weight)
-        zero = torch.zeros((), device=nll.device)
-        kl = kl_loss(posterior) if posterior is not None else zero
         total = nll + weights.kl_weight * kl
-        g_loss, d_weight = zero, zero
+        d_weight = vf_weight = zero
         if gan_active:
-            g_loss = generator_loss(logits_fake)
             d_weight = adaptive_weight(nll, g_loss, gan_last_layer, GAN_MAX_WEIGHT) * weights.disc_weight
             total = total + d_weight * g_loss
-        vf, vf_weight, distmat, cos = zero, zero, zero, zero
         if z_proj is not None:
-            distmat, cos = vf_loss_parts(z_proj, teacher_feat, weights.distmat_margin, weights.cos_margin)
-            vf = distmat * weights.distmat_weight + cos * weights.cos_weight
             if weights.vf_adaptive:
                 vf_weight = adaptive_weight(nll, vf, align_last_layer, VF_MAX_WEIGHT) * weights.vf_weight
             else:
                 vf_weight = torch.tensor(weights.vf_weight, device=nll.device)
             total = total + vf_weight * vf
+    rec, distmat, cos = t["rec"], t["vf_distmat"], t["vf_cos"]
     logs = {"nll_loss": nll, "rec_loss": rec, "kl_loss": kl, "g_loss": g_loss, "d_weight": d_weight}
     logs |= {"vf_loss": vf, "vf_weight": vf_weight, "vf_distmat": distmat, "vf_cos": cos}
     out = {"total": total, **{k: v.detach() for k, v in logs.items()}}
@@ -113,6 +110,34 @@ def generator_objective(
             parts["vf"] = vf_weight.detach() * vf
         out["parts"] = parts  # type: ignore[assignment]
     return out
+
+
+def generator_terms(
+    x: Tensor,
+    x_rec: Tensor,
+    posterior: DiagonalGaussian | None,
+    weights: ObjectiveWeights,
+    perceptual: nn.Module | None,
+    logits_fake: Tensor | None,
+    z_proj: Tensor | None,
+    teacher_feat: Tensor | None,
+) -> dict[str, Tensor]:
+    """The unweighted terms of :func:`generator_objective` (float32, 0-dim, with graphs; autocast off).
+
+    Returns:
+        ``nll`` (with LPIPS inside), ``rec`` (its detached pixel + perceptual mean), ``kl``, ``g_loss`` (0 without
+        ``logits_fake``), ``vf`` = ``distmat_weight vf_distmat + cos_weight vf_cos`` (0 without ``z_proj``).
+    """
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        nll, rec = nll_loss(x, x_rec, perceptual, weights.perceptual_weight)
+        zero = torch.zeros((), device=nll.device)
+        kl = kl_loss(posterior) if posterior is not None else zero
+        g_loss = generator_loss(logits_fake) if logits_fake is not None else zero
+        vf, distmat, cos = zero, zero, zero
+        if z_proj is not None:
+            distmat, cos = vf_loss_parts(z_proj, teacher_feat, weights.distmat_margin, weights.cos_margin)
+            vf = distmat * weights.distmat_weight + cos * weights.cos_weight
+    return {"nll": nll, "rec": rec, "kl": kl, "g_loss": g_loss, "vf": vf, "vf_distmat": distmat, "vf_cos": cos}
 
 
 def discriminator_objective(logits_real: Tensor, logits_fake: Tensor) -> dict[str, Tensor]:

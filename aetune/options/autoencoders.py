@@ -34,6 +34,7 @@ class KLLossConfig:
     lpips_pretrained: bool = True  # False = no trustworthy LPIPS: only by explicit choice, and outputs say so
     disc_weight: float = field(default=0.5, metadata=bounds(0.0))  # released value, times the adaptive weight
     disc_start: int = field(default=0, metadata=bounds(0, allow=(-1,)))  # batches before GAN + D updates; -1 = no GAN
+    split_backward: bool = True  # same gradients, one decoder/LPIPS backward fewer (aetune/losses/split.py)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,6 +19,8 @@ from torch import Tensor, nn
 from aetune.data.cache import to_model_range
 from aetune.errors import AetuneError
 from aetune.losses import ObjectiveWeights, build_lpips, discriminator_objective, generator_objective
+from aetune.losses.objective import generator_terms
+from aetune.losses.split import Cut, SplitObjective, split_backward
 from aetune.models import FrozenTeacher, NLayerDiscriminator, create_autoencoder, load_weights, read_state_dict
 from aetune.models.loading import DISCRIMINATOR_PREFIX
 from aetune.recipes.base import Networks, PhaseResult, Recipe, StepContext, frozen
@@ -83,20 +86,42 @@ class KLRecipe(Recipe):
     def lpips(self) -> nn.Module | None:
         return self.perceptual if self.loss.lpips_pretrained else None
 
+    def use_split(self, gan_active: bool, align: bool, ctx: StepContext) -> bool:
+        """Whether this step takes :func:`aetune.losses.split.split_backward` (one decoder / LPIPS backward fewer).
+
+        It saves work when an adaptive weight is needed (VF adaptive, or the GAN on). It is off for ``grad_norm``
+        batches (their per-term gradients need the weights in the forward), with ``loss.split_backward: false``,
+        outside training, and under DDP (two backward calls per forward would each trigger DDP's all-reduce).
+        """
+        dist = torch.distributed
+        ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        wanted = self.loss.split_backward and torch.is_grad_enabled() and not ctx.parts and not ddp
+        return wanted and (gan_active or (align and self.weights.vf_adaptive))
+
     def generator_step(self, x: Tensor, target: Tensor, ctx: StepContext) -> PhaseResult:
         x = self.augment(x, ctx)
         gan_active = self.phase_active("d", ctx.batch)
+        align = self.teacher is not None and self.loss.vf_weight > 0
+        split = self.use_split(gan_active, align, ctx)
         posterior = self.autoencoder.encode(x).latent_dist
         z = posterior.sample(generator=ctx.generator)  # (B, embed_dim, H/f, W/f)
-        x_rec = self.autoencoder.decode(z).sample
+        cut = Cut.of(z) if split and not gan_active else None  # GAN off: the decoder's backward stops at z
+        x_rec = self.autoencoder.decode(cut.leaf if cut is not None else z).sample
+        if split and gan_active:
+            cut = Cut.of(x_rec)  # GAN on: LPIPS' and D's backward stop at x_rec
+        x_out = cut.leaf if cut is not None and gan_active else x_rec
         logits_fake = None
         if gan_active:
             with frozen(self.discriminator):  # the G loss must not leave gradients in D
-                logits_fake = self.discriminator(x_rec)
+                logits_fake = self.discriminator(x_out)
         z_proj = feat = None
-        if self.teacher is not None and self.loss.vf_weight > 0:
+        if align:
             z_proj = self.autoencoder.project(z)  # (B, align_dim, h, w)
-            feat = self.teacher(x, grid=tuple(z.shape[-2:]))  # (B, align_dim, h, w), no gradient
+            feat = self.teacher_features(x, tuple(z.shape[-2:]))  # (B, align_dim, h, w), no gradient
+        carry = {"x": x, "x_rec": x_rec}
+        if cut is not None:
+            t = generator_terms(x, x_out, posterior, self.weights, self.perceptual, logits_fake, z_proj, feat)
+            return self.split_result(t, cut, gan_active, align, carry)
         terms = generator_objective(
             x,
             x_rec,
@@ -113,7 +138,35 @@ class KLRecipe(Recipe):
         )
         parts = terms.pop("parts", {})
         total = terms.pop("total")
-        return PhaseResult(total, terms, parts, {"x": x, "x_rec": x_rec})  # type: ignore[arg-type]
+        return PhaseResult(total, terms, parts, carry)  # type: ignore[arg-type]
+
+    def teacher_features(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        """The frozen teacher's (B, align_dim, h, w) features of ``x`` (no gradient)."""
+        assert self.teacher is not None
+        return self.teacher(x, grid=grid)
+
+    def split_result(
+        self, t: dict[str, Tensor], cut: Cut, gan_active: bool, align: bool, carry: dict[str, Any]
+    ) -> PhaseResult:
+        """The generator result of the split path. The adaptive weights and ``total`` are known only after the
+        first backward call: they are 0-dim placeholders that :meth:`backward` fills (the module logs after it).
+        """
+        placeholder = {k: torch.zeros((), device=t["nll"].device) for k in ("total", "d_weight", "vf_weight")}
+        logs = {"nll_loss": t["nll"], "rec_loss": t["rec"], "kl_loss": t["kl"], "g_loss": t["g_loss"]}
+        logs |= {"vf_loss": t["vf"], "vf_distmat": t["vf_distmat"], "vf_cos": t["vf_cos"]}
+        logs = {k: v.detach() for k, v in logs.items()} | {k: placeholder[k] for k in ("d_weight", "vf_weight")}
+        ae = self.autoencoder
+        align_layer = ae.align_last_layer if align and self.weights.vf_adaptive else None
+        split = SplitObjective(t, self.weights, cut, gan_active, align_layer, ae.gan_last_layer, placeholder)
+        return PhaseResult(placeholder["total"], logs, {}, {**carry, "split": split})
+
+    def backward(self, phase: str, result: PhaseResult, backward: Callable[[Tensor], None]) -> None:
+        """The split generator backward (one decoder backward fewer) when the step chose it, else the total."""
+        split = result.carry.get("split")
+        if phase == "g" and split is not None:
+            split_backward(split, backward)
+        else:
+            backward(result.total)
 
     def discriminator_step(self, x: Tensor, target: Tensor, g: PhaseResult, ctx: StepContext) -> PhaseResult:
         """Hinge loss on real ``x`` and the detached reconstruction (two calls: per-call BatchNorm)."""
