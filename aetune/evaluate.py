@@ -49,7 +49,8 @@ class SplitResult:
         per_image: name -> (N,) float64 for ``mse``, ``psnr``, ``psnr_y``, ``ssim_y`` (and ``lpips`` when
             a pretrained LPIPS was given); empty without reconstruction.
         real_features, fake_features: (N, D) Inception features of originals and reconstructions, or None.
-        examples: image index -> (original, reconstruction), each (3, S, S) float32 in [0, 1].
+        examples: image index -> (original, reconstruction), each (3, S, S) float32 in [0, 1]; for paired
+            data (original = the target GT, reconstruction = the output, the input LQ).
     """
 
     labels: np.ndarray
@@ -58,7 +59,7 @@ class SplitResult:
     per_image: dict[str, np.ndarray] = field(default_factory=dict)
     real_features: np.ndarray | None = None
     fake_features: np.ndarray | None = None
-    examples: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    examples: dict[int, tuple[np.ndarray, ...]] = field(default_factory=dict)
 
 
 @torch.inference_mode()
@@ -81,7 +82,9 @@ def evaluate_split(
 
     Args:
         model: the autoencoder; put in eval mode on ``device`` here.
-        dataset: items ``(image (3, S, S) uint8, label)`` (``aetune.data.cache.CachedImages``).
+        dataset: items ``(image (3, S, S) uint8, label)`` (``aetune.data.cache.CachedImages``), or
+            ``(input, target, label)`` for paired data (``aetune.data.pair_kind``): the input is encoded and
+            the output scored against the target.
         batch_size: images per forward pass.
         device: where the model (and LPIPS / feature networks) run.
         reconstruct: decode and compute per-image metrics; False only encodes (statistics, probe).
@@ -108,10 +111,11 @@ def evaluate_split(
     labels, latents = [], []
     per_image: dict[str, list[Tensor]] = {}
     real_feats, fake_feats = [], []
-    examples: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    examples: dict[int, tuple[np.ndarray, ...]] = {}
     start = 0
-    for images, y in tqdm(DataLoader(dataset, batch_size=batch_size), desc=desc, unit="batch", disable=not progress):
-        x = to_model_range(images.to(device))  # (B, 3, S, S) uint8 -> [-1, 1]
+    for *images, y in tqdm(DataLoader(dataset, batch_size=batch_size), desc=desc, unit="batch", disable=not progress):
+        x = to_model_range(images[0].to(device))  # (B, 3, S, S) uint8 -> [-1, 1]
+        paired = len(images) == 2  # (input, target, label) items: restoration pairs
         enc = model.encode(x)
         post = enc.latent_dist
         if stats_source == "sample":
@@ -123,7 +127,8 @@ def evaluate_split(
         labels.append(y)
         latents.append(enc.latents.float().flatten(1).cpu())  # (B, C, h, w) -> (B, C*h*w)
         if reconstruct:
-            real, fake = to_unit(x), to_unit(model.decode(enc.latents).sample)
+            real = to_unit(to_model_range(images[1].to(device))) if paired else to_unit(x)
+            fake = to_unit(model.decode(enc.latents).sample)
             scores = {
                 "mse": metrics.mse(real, fake),
                 "psnr": metrics.psnr(real, fake, y_channel=False),
@@ -139,7 +144,8 @@ def evaluate_split(
                 fake_feats.append(features(fake).double().cpu())
             for j in range(len(x)):
                 if start + j in keep:
-                    examples[start + j] = (real[j].cpu().numpy(), fake[j].cpu().numpy())
+                    kept = (real[j], fake[j], to_unit(x[j])) if paired else (real[j], fake[j])
+                    examples[start + j] = tuple(t.cpu().numpy() for t in kept)
         start += len(x)
     return SplitResult(
         labels=torch.cat(labels).numpy().astype(np.int64),
@@ -177,6 +183,7 @@ class Evaluator:
         cache_mode: ``"ram"`` or ``"file"`` (the run's ``data.cache``).
         work_dir: the work directory (file cache).
         lpips_model, features: as ``evaluate_split``, used by ``evaluated``.
+        kind: the data kind (``aetune.data.kinds``); ``pair`` serves (LQ, GT, label) items.
         **options: more ``evaluate_split`` arguments (batch_size, device, stats_source, seed, progress).
     """
 
@@ -190,8 +197,10 @@ class Evaluator:
         *,
         lpips_model: nn.Module | None = None,
         features: FeatureFn | None = None,
+        kind: str = "image",
         **options: Any,
     ) -> None:
+        self.kind = kind
         self.model, self.prepared, self.image_size = model, prepared, image_size
         self.cache_mode, self.work_dir = cache_mode, Path(work_dir)
         self.lpips_model, self.features = lpips_model, features
@@ -210,8 +219,14 @@ class Evaluator:
             build_file_cache(self.prepared, split, self.image_size, self.work_dir, progress=progress)
         return load_images(self.prepared, split, self.image_size, self.cache_mode, self.work_dir, progress=progress)
 
-    def dataset(self, split: str) -> CachedImages:
+    def dataset(self, split: str) -> Dataset:
         """The ``split`` images as training saw them (same resize, no augmentation), in ``prepared.split`` order."""
+        if self.kind != "image":
+            from aetune.data.kinds import get_data_kind
+
+            progress = self.options.get("progress", True)
+            make = get_data_kind(self.kind).dataset
+            return make(self.prepared, split, self.image_size, self.cache_mode, self.work_dir, progress)
         return CachedImages(self._images(split), [s.label for s in self.prepared.split(split)])
 
     def encoded(self, split: str) -> SplitResult | None:

@@ -39,33 +39,48 @@ def _image(chw: np.ndarray) -> np.ndarray:
 
 
 def plot_reconstructions(
-    examples: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str = ""
+    examples: Sequence[tuple[str, np.ndarray, np.ndarray] | tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+    path: str | Path,
+    title: str = "",
 ) -> Path:
     """One row per example: original | reconstruction (PSNR in the title) | absolute error.
 
+    Paired (restoration) examples carry the input too and are drawn input (LQ) | output | target (GT) | error.
+
     Args:
-        examples: (user, original, reconstruction), images (3, H, W) in [0, 1].
+        examples: (user, original, reconstruction[, input]), images (3, H, W) in [0, 1].
         path: PNG to write.
         title: figure title (model, split, warnings).
     """
     if not examples:
         raise ValueError("no examples to plot")
-    errors = [np.abs(o - r).mean(axis=0) for _, o, r in examples]  # (3, H, W) -> (H, W)
+    errors = [np.abs(e[1] - e[2]).mean(axis=0) for e in examples]  # (3, H, W) -> (H, W)
     vmax = max(float(e.max()) for e in errors) or 1.0  # one colour scale for every row: rows compare
-    fig, axes = plt.subplots(len(examples), 3, figsize=(9.6, 3.1 * len(examples)), squeeze=False, layout="constrained")
-    for row, ((user, orig, rec), err) in enumerate(zip(examples, errors, strict=True)):
+    cols = max(len(e) for e in examples)  # 3 panels, 4 with an input
+    fig, axes = plt.subplots(
+        len(examples), cols, figsize=(3.2 * cols, 3.1 * len(examples)), squeeze=False, layout="constrained"
+    )
+    for row, (example, err) in enumerate(zip(examples, errors, strict=True)):
+        user, orig, rec = example[:3]
         psnr = float(metrics.psnr(torch.from_numpy(orig)[None], torch.from_numpy(rec)[None])[0])
         panels = [
             (_image(orig), f"{user}: original", {}),
             (_image(rec), f"reconstruction, PSNR {psnr:.2f} dB", {}),
             (err, "|error| (mean over RGB)", {"cmap": "inferno", "vmin": 0.0, "vmax": vmax}),
         ]
+        if len(example) == 4:
+            panels = [
+                (_image(example[3]), f"{user}: input (LQ)", {}),
+                (_image(rec), f"output, PSNR {psnr:.2f} dB", {}),
+                (_image(orig), "target (GT)", {}),
+                panels[2],
+            ]
         for col, (img, label, kw) in enumerate(panels):
             ax = axes[row, col]
             im = ax.imshow(img, **kw)
             ax.set_title(label, fontsize=10)
             ax.axis("off")
-            if col == 2:
+            if col == len(panels) - 1:
                 fig.colorbar(im, ax=ax, fraction=0.046)
     if title:
         fig.suptitle(title, fontsize=11)

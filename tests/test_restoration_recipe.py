@@ -6,11 +6,13 @@ fixture ``restoration_wiring`` stands in for those two lines, so everything belo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import aetune.config
 from aetune.config import config_from_dict
@@ -165,6 +167,18 @@ def test_step4_trains_on_pairs(restoration_wiring, paired_work: Path) -> None:
     assert result.status == "done"
     ckpt = torch.load(paired_work / "checkpoints/stage1/last.ckpt", weights_only=True)
     assert ckpt["aetune"]["task"] == "restoration" and ckpt["aetune"]["batches_seen"] == 4
+
+    import step5_validate_export as step5
+    from aetune.cli import run_main
+
+    args = ["--output_dir", str(paired_work), "--metrics", "--figures", "--device", "cpu", "--no_progress"]
+    assert run_main(step5.main, step5.parse_args(args)) == 0
+    metrics = json.loads((paired_work / "results/metrics.json").read_text())
+    per_type = metrics["quality"]["per_user"] if "quality" in metrics else metrics["per_user"]
+    assert set(per_type) == {"Blur", "LowLight", "Noise", "Occlusion"}  # one row per degradation type
+    assert all(row["num_images"] == 1 for row in per_type.values())
+    figure = Image.open(paired_work / "results/reconstruction_results.png")
+    assert figure.width > figure.height  # four panels per row: LQ | output | GT | error
 
 
 def test_validation_values_per_degradation_type(restoration_wiring) -> None:

@@ -104,3 +104,12 @@ def prepare_other_source(args: argparse.Namespace, work_dir: Path) -> bool:
         log.warning("%d rejected (with reasons), %s: see data/dataset.json", summary.rejected, extra)
     log.info("wrote %s/data/{labels,dataset,split}.json" if summary.changed else "%s/data is up to date", work_dir)
     return True
+
+
+def prepared_kind(work_dir: Path) -> str:
+    """The data kind of what step 3 prepared in ``work_dir``: ``pair`` for LQ/GT pairs, else ``image``."""
+    from aetune.data.paired import KIND
+    from aetune.data.prepared import DATASET_FILE, data_dir
+    from aetune.io import read_json
+
+    return "pair" if read_json(data_dir(work_dir) / DATASET_FILE).get("kind") == KIND else "image"
