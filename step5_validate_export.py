@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--all", action="store_true", help="run every part (the default when no part is named)")
     p.add_argument("--metrics", action="store_true", help="results/metrics.json and the printed table")
     p.add_argument("--figures", action="store_true", help="reconstructions, latents by user, training curves")
-    p.add_argument("--latent_stats", action="store_true", help="latent_statistics.json, latents_stats.pt, rae: stat.pt")
+    p.add_argument("--latent_stats", action="store_true", help="latent_statistics.json and latents_stats.pt")
     p.add_argument("--export", action="store_true", help="the encoder for the DiT and a LightningDiT checkpoint")
     p.add_argument("--export_latents", action="store_true", help="results/latents/: LightningDiT's latent dataset")
     p.add_argument("--split", choices=SPLITS, default="val", help="images for metrics and figures (default val)")
@@ -118,8 +118,6 @@ def main(args: argparse.Namespace) -> int:
             document = {**report.provenance(meta), "split": args.stats_split, **stats.to_json()}
             written.append(atomic_write_json(res / "latent_statistics.json", document))
             written.append(atomic_torch_save(stats.lightningdit_stats(), res / "latents_stats.pt"))
-            if hasattr(model, "per_position_stats"):  # RAE: the reference's per-(C, H, W) stat.pt for its DiT
-                written.append(atomic_torch_save(model.per_position_stats(encoded.latents), res / "stat.pt"))
         if "export" in parts:
             exports = export_for_dit(res, model, stats, prepared.labels, size, info)
             written += exports
