@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--all", action="store_true", help="run every part (the default when no part is named)")
     p.add_argument("--metrics", action="store_true", help="results/metrics.json and the printed table")
     p.add_argument("--figures", action="store_true", help="reconstructions, latents by user, training curves")
-    p.add_argument("--latent_stats", action="store_true", help="latent_statistics.json and latents_stats.pt")
+    p.add_argument("--latent_stats", action="store_true", help="latent_statistics.json, latents_stats.pt, rae: stat.pt")
     p.add_argument("--export", action="store_true", help="the encoder for the DiT and a LightningDiT checkpoint")
     p.add_argument("--export_latents", action="store_true", help="results/latents/: LightningDiT's latent dataset")
     p.add_argument("--split", choices=SPLITS, default="val", help="images for metrics and figures (default val)")
@@ -53,7 +53,6 @@ def main(args: argparse.Namespace) -> int:
     from aetune import figures, report
     from aetune.config import load_config
     from aetune.data.prepared import load_prepared
-    from aetune.data.sources import prepared_kind
     from aetune.evaluate import Evaluator, inception_features, report_lpips, resolve_device
     from aetune.export import dit_snippet, export_for_dit
     from aetune.hub import recorded_weight
@@ -86,7 +85,7 @@ def main(args: argparse.Namespace) -> int:
     evaluator = Evaluator(
         model, prepared, size, meta["config"]["data"]["cache"], work_dir, lpips_model=lpips_model, features=features,
         batch_size=args.batch_size, device=device, stats_source=args.latent_source, seed=seed,
-        progress=not args.no_progress, kind=prepared_kind(work_dir),
+        progress=not args.no_progress,
     )  # fmt: skip
     info = {**report.provenance(meta), "checkpoint": str(ckpt), "stats_split": args.stats_split}
     notes = []
@@ -118,6 +117,8 @@ def main(args: argparse.Namespace) -> int:
             document = {**report.provenance(meta), "split": args.stats_split, **stats.to_json()}
             written.append(atomic_write_json(res / "latent_statistics.json", document))
             written.append(atomic_torch_save(stats.lightningdit_stats(), res / "latents_stats.pt"))
+            if hasattr(model, "per_position_stats"):  # RAE: the reference's per-(C, H, W) stat.pt for its DiT
+                written.append(atomic_torch_save(model.per_position_stats(encoded.latents), res / "stat.pt"))
         if "export" in parts:
             exports = export_for_dit(res, model, stats, prepared.labels, size, info)
             written += exports

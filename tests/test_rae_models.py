@@ -311,3 +311,12 @@ def test_diff_augment_is_seeded_bounded_and_differentiable() -> None:
     for _ in range(5):
         t = translate(flat, *(torch.randint(-4, 5, (4,), generator=g) for _ in range(2)))
         assert bool((t[..., 4:28, 4:28] == 1).all())
+
+
+def test_per_position_statistics_describe_raw_tokens() -> None:
+    model = tiny_rae(normalize_latents=True).eval()
+    model.set_latent_stats(torch.full((64, 4, 4), 1.0), torch.full((64, 4, 4), 3.0))
+    raw = torch.stack([torch.zeros(64, 4, 4), torch.full((64, 4, 4), 2.0), torch.full((64, 4, 4), 4.0)])
+    stats = model.per_position_stats(model.normalize(raw).flatten(1).numpy())  # as step 5 holds them
+    torch.testing.assert_close(stats["mean"], torch.full((64, 4, 4), 2.0))
+    torch.testing.assert_close(stats["var"], torch.full((64, 4, 4), 8 / 3))  # population variance of 0, 2, 4

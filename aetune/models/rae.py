@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -200,6 +201,24 @@ class RAE(Autoencoder):
             raise ValueError("latent variance has negative entries: pass the variance, not a log-variance")
         self.latent_mean.copy_(mean)
         self.latent_var.copy_(var)
+
+    def per_position_stats(self, latents: Tensor | np.ndarray) -> dict[str, Tensor]:
+        """The reference's ``stat.pt`` of a split: per-(C, H, W) mean and variance of the raw tokens.
+
+        Args:
+            latents: (N, C * g * g) or (N, C, g, g) latents as ``encode`` returned them (normalised when
+                ``normalize_latents``: undone first, so the statistics describe raw tokens).
+
+        Returns:
+            ``{"mean": (C, g, g), "var": (C, g, g)}`` float32 (population variance, accumulated in float64);
+            ``set_latent_stats(**it)`` with ``normalize_latents=True`` standardises the DiT's input.
+        """
+        shape = tuple(self.latent_mean.shape)
+        z = torch.as_tensor(latents).reshape(-1, *shape)
+        if z.shape[0] < 2:
+            raise ValueError(f"per-position latent statistics need at least 2 latents, got {z.shape[0]}")
+        z = self.denormalize(z.to(self.latent_mean.device, torch.float32)).double()
+        return {"mean": z.mean(dim=0).float().cpu(), "var": z.var(dim=0, unbiased=False).float().cpu()}
 
     @property
     def gan_last_layer(self) -> nn.Parameter:
