@@ -53,6 +53,7 @@ def main(args: argparse.Namespace) -> int:
     from aetune import figures, report
     from aetune.config import load_config
     from aetune.data.prepared import load_prepared
+    from aetune.data.sources import prepared_kind
     from aetune.evaluate import Evaluator, inception_features, report_lpips, resolve_device
     from aetune.export import dit_snippet, export_for_dit
     from aetune.hub import recorded_weight
@@ -85,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
     evaluator = Evaluator(
         model, prepared, size, meta["config"]["data"]["cache"], work_dir, lpips_model=lpips_model, features=features,
         batch_size=args.batch_size, device=device, stats_source=args.latent_source, seed=seed,
-        progress=not args.no_progress,
+        progress=not args.no_progress, kind=prepared_kind(work_dir),
     )  # fmt: skip
     info = {**report.provenance(meta), "checkpoint": str(ckpt), "stats_split": args.stats_split}
     notes = []
