@@ -133,7 +133,7 @@ class LastCheckpoint(Callback):
         self.save(trainer, pl_module)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: AutoencoderModule, exception: BaseException) -> None:
-        """A SIGTERM during validation ends the fit with ``SIGTERMException``: save what was trained."""
+        """Lightning ends a fit after a SIGTERM with ``SIGTERMException`` (past on_train_end): save what was trained."""
         if isinstance(exception, SIGTERMException) and pl_module.batches_seen > self.saved_at:
             self.save(trainer, pl_module)
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from aetune.config import Config, dump_config
@@ -449,7 +450,11 @@ def run_stage(
     with warnings.catch_warnings():
         for pattern in EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern, module="pytorch_lightning")
-        trainer.fit(module, datamodule=data, ckpt_path=last if resumed is not None else None)
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=last if resumed is not None else None)
+        except SIGTERMException:
+            # Lightning ends the fit this way after a SIGTERM; LastCheckpoint.on_exception has saved.
+            limit.reason = SIGTERM_REASON
     if primary:
         print(stage_summary(stage, module, best, time.time() - t0, limit.batches - session_batches, plan, folder, cfg))
     if limit.reason == SIGTERM_REASON:
