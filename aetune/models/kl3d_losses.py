@@ -141,6 +141,8 @@ def build_perceptual_3d(fake_3d_ratio: float, pretrained: bool = True) -> Frozen
     # that file name gives it a random trunk without a download and without touching the user's cache.
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "checkpoints").mkdir()
-        torch.save(tv.squeezenet1_1(weights=None).state_dict(), Path(tmp) / "checkpoints" / SQUEEZENET_FILE)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # one random trunk for every session: a resumed run sees the same loss
+            torch.save(tv.squeezenet1_1(weights=None).state_dict(), Path(tmp) / "checkpoints" / SQUEEZENET_FILE)
         with _hub_dir(Path(tmp)):
             return FrozenPerceptual3D(build(), pretrained_backbone=False)

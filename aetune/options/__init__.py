@@ -5,5 +5,6 @@ to work. Adding a family adds one module here (its sections) and one in ``aetune
 """
 
 from aetune.options import autoencoders  # noqa: F401  (vavae, kl)
+from aetune.options import kl3d  # noqa: F401  (kl3d)
 from aetune.options import rae  # noqa: F401  (rae)
 from aetune.options import tiny  # noqa: F401  (taesd, taehv)

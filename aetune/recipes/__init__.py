@@ -45,6 +45,9 @@ from aetune.recipes import tiny  # noqa: E402
 
 register_recipe("taesd", tiny.TinyRecipe)
 register_recipe("taehv", tiny.VideoTinyRecipe)
+from aetune.recipes import kl3d  # noqa: E402
+
+register_recipe("kl3d", kl3d.KL3DRecipe)
 
 __all__ = [
     "Networks",
