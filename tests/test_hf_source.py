@@ -205,3 +205,24 @@ def test_step3_prepares_a_hugging_face_folder(hf_dict, tmp_path: Path, capsys) -
     assert split["val_ratio"] == 0.2 and all(p.startswith("hf://train/") for p in split["train"] + split["val"])
     out = capsys.readouterr().out
     assert "Hugging Face dataset" in out and "no 'none' split" in out and "ID_10" in out
+
+
+def test_prepared_rows_feed_the_image_caches(hf_dict, tmp_path: Path) -> None:
+    """What steps 4-5 read: the image kind's dataset built from rows, equal to the stored pixels."""
+    from aetune.data.cache import build_file_cache, load_images
+    from aetune.data.hf_source import load_hf_prepared
+    from aetune.data.kinds import get_data_kind
+
+    src, tr_pixels, va_pixels = hf_dict
+    work = tmp_path / "w"
+    prepare_hf_dataset(src, work, progress=False)
+    prepared = load_hf_prepared(work)
+    assert [s.relpath for s in prepared.val] == [f"hf://validation/{i}" for i in range(6)]
+    val = load_images(prepared, "val", 32, "ram", work, progress=False)
+    assert np.array_equal(val, np.stack(va_pixels))  # 32 px already: no resize
+    build_file_cache(prepared, "train", 16, work, progress=False)
+    train = get_data_kind("image").dataset(prepared, "train", 16, "file", work, False)
+    image, label = train[5]
+    assert image.shape == (3, 16, 16) and label == 1
+    with pytest.raises(AetuneError, match="not a Hugging Face dataset folder"):
+        load_hf_prepared(work, data_root=tmp_path)

@@ -44,10 +44,11 @@ from tqdm.auto import tqdm
 from aetune.data.images import load_rgb, load_rgb_resized
 from aetune.data.paired import write_data_documents
 from aetune.data.prepare import check_output_dir
-from aetune.data.prepared import DATASET_FILE, LABELS_FILE, SPLIT_FILE
+from aetune.data.prepared import DATASET_FILE, LABELS_FILE, SPLIT_FILE, PreparedData, Sample, data_dir
 from aetune.data.scan import ImageRecord, _check_image, natural_key
 from aetune.data.split import check_val_ratio, duplicate_groups, split_records
 from aetune.errors import AetuneError
+from aetune.io import read_json
 from aetune.optional import require
 
 log = logging.getLogger(__name__)
@@ -468,3 +469,48 @@ class HFRows:
     def rgb_resized(self, relpath: str, size: int) -> np.ndarray:
         """Decoded row resized as training resizes files -> uint8 (size, size, 3)."""
         return load_rgb_resized(self.open(relpath), size)
+
+
+@dataclass(frozen=True)
+class HFPreparedData(PreparedData):
+    """Step 3's split of a Hugging Face dataset: ``path(sample)`` gives the row's image (bytes or file).
+
+    Everything that decodes ``prepared.path(s)`` with Pillow (the image caches of steps 4-5) reads rows
+    unchanged. The bytes of a split are held while it is decoded, as the files of a folder are read.
+    """
+
+    rows: HFRows | None = None
+
+    def path(self, sample: Sample) -> Path | io.BytesIO:  # type: ignore[override]  # a row, not a file
+        """The image of ``sample``'s row, opened as Pillow opens a file."""
+        assert self.rows is not None, "load_hf_prepared() sets the reader"
+        return self.rows.open(sample.relpath)
+
+
+def load_hf_prepared(work_dir: str | Path, data_root: str | Path | None = None) -> HFPreparedData:
+    """Read what :func:`prepare_hf_dataset` wrote (the ``load_prepared`` of ``"kind": "hf"`` datasets).
+
+    Args:
+        work_dir: the work directory.
+        data_root: where the dataset folder is now, if it moved since step 3.
+
+    Raises:
+        AetuneError: the files are missing or not an HF dataset's, or the first row cannot be read.
+    """
+    d = data_dir(work_dir)
+    for f in (LABELS_FILE, DATASET_FILE, SPLIT_FILE):
+        if not (d / f).is_file():
+            raise AetuneError(f"{d / f} not found: run step3_prepare_dataset.py with --output_dir {work_dir} first")
+    labels, dataset, split = (read_json(d / f) for f in (LABELS_FILE, DATASET_FILE, SPLIT_FILE))
+    rows = HFRows.from_dataset_doc(dataset, data_root)
+    by_rel = {a["relpath"]: Sample(a["relpath"], a["user"], int(a["label"])) for a in dataset["accepted"]}
+    prepared = HFPreparedData(
+        data_root=rows.root,
+        name=dataset["name"],
+        labels=labels,
+        train=[by_rel[r] for r in split["train"]],
+        val=[by_rel[r] for r in split["val"]],
+        rows=rows,
+    )
+    rows.open(prepared.train[0].relpath)  # a moved or changed dataset fails here, with its reason
+    return prepared
