@@ -111,6 +111,11 @@ class AutoencoderModule(pl.LightningModule):
             out.append(OPTIMIZERS[opt.name](params, **kw))
         return out
 
+    def _optimizers(self) -> list[Any]:
+        """The phases' (Lightning-wrapped) optimizers as a list, also when there is one."""
+        opts = self.optimizers()
+        return opts if isinstance(opts, list) else [opts]
+
     def batch_generator(self, device: torch.device) -> torch.Generator:
         """Noise for this batch, seeded by (seed, stage, batch, rank): identical after a resume."""
         seed = batch_seed(self.cfg.train.seed, self.stage, self.batches_seen, self.global_rank)
@@ -176,7 +181,7 @@ class AutoencoderModule(pl.LightningModule):
     def _close_window(self) -> None:
         """Step each optimizer that has clean accumulated gradients; drop the gradients of a bad window."""
         stepped = set()
-        for phase, opt in zip(self.recipe.phases, self.optimizers(), strict=True):
+        for phase, opt in zip(self.recipe.phases, self._optimizers(), strict=True):
             if self._pending[phase] and not self._bad[phase]:
                 spec = self.cfg.stage_optimizer(self.stage, phase)
                 lr = lr_at(self.batches_seen - 1, self.phase_lr(phase), self.total_batches, spec)
@@ -215,7 +220,7 @@ class AutoencoderModule(pl.LightningModule):
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         clip = self.cfg.train.gradient_clip_val
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-        phases = {id(opt.optimizer): phase for phase, opt in zip(self.recipe.phases, self.optimizers(), strict=True)}
+        phases = {id(opt.optimizer): phase for phase, opt in zip(self.recipe.phases, self._optimizers(), strict=True)}
         self.log(f"train/grad_norm_{phases.get(id(optimizer), 'g')}", norm, on_step=True, on_epoch=False)
         if not torch.isfinite(norm):
             for p in params:
