@@ -70,3 +70,17 @@ def test_a_stage_resumes_on_two_devices_and_back_on_one(tmp_path: Path) -> None:
     state = json.loads((work / "checkpoints/run_state.json").read_text())
     assert state["stages_done"] == ["1"] and [s["exit"] for s in state["sessions"]] == ["session_limit"] * 2 + ["done"]
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_torchrun_launch_with_a_global_batch(tmp_path: Path) -> None:
+    """Two processes started as ``torchrun --nproc_per_node=2`` starts them (8 GPUs per node: same command)."""
+    work, preset = make_work_dir(tmp_path), tiny_preset(tmp_path)
+    step4 = command(work, preset, "--devices", "2", "--global_batch_size", "8", "--set", "train.batch_size=2")[1:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29611", *step4]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "global batch 8 = 2 per device x 2 device(s) x 2 accumulation" in out.stdout
+    ckpt = torch.load(work / "checkpoints/stage1/last.ckpt", weights_only=True)
+    assert ckpt["aetune"]["world_size"] == 2 and ckpt["aetune"]["batches_seen"] == ckpt["aetune"]["total_batches"]
+    config = (work / "checkpoints/stage1/config.yaml").read_text()
+    assert "gradient_accumulation: 2" in config and "global_batch_size: 8" in config
