@@ -143,3 +143,37 @@ def test_dit_export_keeps_the_encoder_and_the_latent_normalisation(encoder: str,
     torch.testing.assert_close(loaded.encode(x), z)  # same tokens, same per-(C, H, W) normalisation
     state = torch.load(path, weights_only=True)["state_dict"]
     assert {"latent_mean", "latent_var"} <= set(state) and not any(k.startswith("decoder.") for k in state)
+
+
+def test_token_cache_encodes_each_image_once() -> None:
+    from aetune.recipes.token_cache import TokenCache
+
+    calls: list[int] = []
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return x.mean(dim=1, keepdim=True) * 2  # any deterministic function of the image
+
+    cache = TokenCache(max_bytes=10**9)
+    x = torch.rand(3, 3, 4, 4)
+    first = cache.tokens(x, encode)
+    again = cache.tokens(x[[2, 0]], encode)  # both cached: no encoder call
+    torch.testing.assert_close(again, first[[2, 0]])
+    changed = x.clone()
+    changed[1, 0, 0, 0] += 1e-3  # a different image is a new entry, never a stale hit
+    torch.testing.assert_close(cache.tokens(changed, encode), encode(changed))
+    assert calls == [3, 1, 3] and (cache.hits, cache.misses, len(cache)) == (4, 4, 4)
+    small = TokenCache(max_bytes=2 * 16 * 4)  # room for two (1, 4, 4) float32 entries
+    small.tokens(x, encode)
+    assert len(small) == 2 and small.bytes == 128
+
+
+def test_cached_tokens_give_the_same_generator_step() -> None:
+    x = torch.randint(0, 256, (2, 3, 32, 32)).float() / 127.5 - 1
+    recipe = tiny_recipe()
+    assert recipe.token_cache is not None
+    a = recipe.generator_step(x, x, StepContext(batch=0, generator=torch.Generator().manual_seed(1)))
+    b = recipe.generator_step(x, x, StepContext(batch=0, generator=torch.Generator().manual_seed(1)))
+    assert recipe.token_cache.hits == 2  # the second step reused both images' tokens
+    torch.testing.assert_close(a.total, b.total, rtol=0, atol=0)
+    torch.testing.assert_close(a.carry["tokens"], recipe.rae.encode_tokens(x), rtol=0, atol=0)

@@ -13,6 +13,8 @@ class RAEEncoderConfig:
 
     pretrained: bool = True  # False = random encoder: only by explicit choice (demo preset), and outputs say so
     weights_path: str | None = None  # local encoder file (offline Kaggle); None = the Hugging Face cache (step 2)
+    cache_tokens: bool = True  # encode each training image once per stage and reuse its tokens (no augmentation)
+    cache_gb: float = field(default=8.0, metadata=bounds(0.0))  # RAM for cached tokens: ~0.79 MB per 256 px image
 
 
 @dataclass

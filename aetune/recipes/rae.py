@@ -29,6 +29,7 @@ from aetune.models.rae import RAE
 from aetune.models.rae_discriminator import DinoFeatures, DinoHeads, diff_augment
 from aetune.models.rae_loading import load_rae_weights
 from aetune.recipes.base import Networks, PhaseResult, Recipe, StepContext, frozen
+from aetune.recipes.token_cache import TokenCache
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class RAERecipe(Recipe):
         if not d.pretrained:
             log.warning("RANDOMLY INITIALISED DINO discriminator backbone (discriminator.pretrained: false)")
         heads = DinoHeads(features.embed_dim, 1 + len(features.key_blocks), d.kernel_size)
+        enc = cfg.encoder
+        self.token_cache = TokenCache(int(enc.cache_gb * 1e9)) if enc.cache_tokens else None
         nets: dict[str, nn.Module] = {"dino": features}
         if self.loss.perceptual_weight > 0 or self.loss.lpips_pretrained:
             nets["perceptual"] = build_lpips(self.loss.lpips_pretrained)
@@ -118,7 +121,9 @@ class RAERecipe(Recipe):
         return self.perceptual if self.loss.lpips_pretrained else None
 
     def generator_step(self, x: Tensor, target: Tensor, ctx: StepContext) -> PhaseResult:
-        tokens = self.rae.encode_tokens(x)  # (B, C, g, g) raw, frozen encoder: no gradient
+        # (B, C, g, g) raw tokens; the frozen encoder has no gradient, and its tokens of an image never change
+        cache = self.token_cache
+        tokens = cache.tokens(x, self.rae.encode_tokens) if cache is not None else self.rae.encode_tokens(x)
         noisy = self.rae.add_noise(tokens, ctx.generator) if self.loss.token_noise else tokens
         x_rec = self.rae.decode_tokens(noisy)  # (B, 3, S, S) in [-1, 1]
         logits_fake = None
