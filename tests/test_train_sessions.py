@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.train_helpers import make_work_dir, tiny_preset
@@ -84,3 +85,16 @@ def test_torchrun_launch_with_a_global_batch(tmp_path: Path) -> None:
     assert ckpt["aetune"]["world_size"] == 2 and ckpt["aetune"]["batches_seen"] == ckpt["aetune"]["total_batches"]
     config = (work / "checkpoints/stage1/config.yaml").read_text()
     assert "gradient_accumulation: 2" in config and "global_batch_size: 8" in config
+
+
+def test_a_run_that_cannot_fit_the_disk_fails_before_training(tmp_path: Path, monkeypatch) -> None:
+    from aetune.disk_budget import DiskBudgetError
+    from aetune.train import runner
+    from tests.train_helpers import tiny_config
+
+    work = make_work_dir(tmp_path)
+    monkeypatch.setattr(runner, "disk_facts", lambda *a: {"free_gb": 0.0001})
+    cfg = tiny_config(tmp_path)
+    with pytest.raises(DiskBudgetError, match=r"the run needs .* more in .* but .* are free"):
+        runner.run_training(runner.TrainRequest(work, cfg, ["1"], accelerator="cpu", progress_bar=False))
+    assert not (work / "checkpoints/stage1").exists()

@@ -27,9 +27,12 @@ from aetune.config import Config, dump_config
 from aetune.data.datamodule import ImageDataModule, batches_per_epoch
 from aetune.data.prepare import prepare_dataset
 from aetune.data.prepared import SPLIT_FILE, PreparedData, data_dir, load_prepared
+from aetune.disk_budget import project_config
+from aetune.env import KAGGLE_QUOTA_GB, disk_facts
 from aetune.errors import AetuneError
 from aetune.hub import recorded_weight
 from aetune.io import atomic_write_text
+from aetune.paths import KAGGLE_WORKING
 from aetune.train.amp import WindowMixedPrecision
 from aetune.train.artifacts import (
     final_model_path,
@@ -151,6 +154,7 @@ def run_training(req: TrainRequest) -> TrainResult:
     state = RunState.load(req.work_dir) or RunState(cfg.model.family, cfg.preset, prepared.name, random_teacher)
     state.check_matches(cfg, prepared.name)
     check_order(req.stages, state, cfg, req.allow_stage_gap)
+    check_disk(req, state, prepared, primary)
     if not state.stages:
         state.origin = "pretrained" if req.pretrained_path else "scratch"
     for s in state.sessions:
@@ -184,6 +188,27 @@ def run_training(req: TrainRequest) -> TrainResult:
         if primary:
             state.save(req.work_dir)
             record_experiment(req, state, prepared, limit.batches * cfg.train.batch_size * plan.world_size, session)
+
+
+def check_disk(req: TrainRequest, state: RunState, prepared: PreparedData, primary: bool) -> None:
+    """Print what this session will write against the space left (Kaggle: its 20 GB quota); fail early.
+
+    Every rank computes the same answer from the same files, so all stop together.
+
+    Raises:
+        DiskBudgetError: the stages still to run do not fit.
+    """
+    todo = [s for s in req.stages if s not in state.stages_done]
+    if not todo:
+        return
+    # Weights are on disk already (step 2): listed by the step-1 plan, not counted as still to be written.
+    budget = project_config(req.cfg, todo, req.work_dir, weights=[], n_images=len(prepared.train))
+    free = int(disk_facts(req.work_dir, KAGGLE_WORKING, KAGGLE_QUOTA_GB)["free_gb"] * 2**30)
+    if primary:
+        log.info("disk plan for stages %s in %s:", ",".join(todo), req.work_dir)
+        for line in budget.lines():
+            log.info("%s", line)
+    budget.check(free, req.work_dir)
 
 
 def record_experiment(req: TrainRequest, state: RunState, prepared: PreparedData, images: int, session: dict) -> None:
