@@ -84,7 +84,9 @@ def evaluate_split(
         model: the autoencoder; put in eval mode on ``device`` here.
         dataset: items ``(image (3, S, S) uint8, label)`` (``aetune.data.cache.CachedImages``), or
             ``(input, target, label)`` for paired data (``aetune.data.pair_kind``): the input is encoded and
-            the output scored against the target.
+            the output scored against the target; or ``(clip (T, 3, S, S) uint8, label)`` for video
+            (``aetune.data.video_kind``): the frames that come back are scored, metrics averaged per clip,
+            statistics over every latent frame, examples the first frame of a clip.
         batch_size: images per forward pass.
         device: where the model (and LPIPS / feature networks) run.
         reconstruct: decode and compute per-image metrics; False only encodes (statistics, probe).
@@ -116,6 +118,7 @@ def evaluate_split(
     for *images, y in tqdm(DataLoader(dataset, batch_size=batch_size), desc=desc, unit="batch", disable=not progress):
         x = to_model_range(images[0].to(device))  # (B, 3, S, S) uint8 -> [-1, 1]
         paired = len(images) == 2  # (input, target, label) items: restoration pairs
+        video = x.ndim == 5  # (B, T, 3, S, S) clips
         enc = model.encode(x)
         post = enc.latent_dist
         if stats_source == "sample":
@@ -123,12 +126,15 @@ def evaluate_split(
                 raise ValueError(f"family '{model.family}' is deterministic: use latent statistics of the mode")
             acc.update(post.sample(generator), post)
         else:
-            acc.update(enc.latents, post)
+            acc.update(enc.latents.flatten(0, 1) if video else enc.latents, post)  # (B, n, C, h, w) -> (B*n, ...)
         labels.append(y)
         latents.append(enc.latents.float().flatten(1).cpu())  # (B, C, h, w) -> (B, C*h*w)
         if reconstruct:
             real = to_unit(to_model_range(images[1].to(device))) if paired else to_unit(x)
             fake = to_unit(model.decode(enc.latents).sample)
+            t_out = fake.shape[1] if video else 1  # output frame j reconstructs input frame j
+            if video:
+                real, fake = real[:, :t_out].flatten(0, 1), fake.flatten(0, 1)  # -> (B*T', 3, S, S)
             scores = {
                 "mse": metrics.mse(real, fake),
                 "psnr": metrics.psnr(real, fake, y_channel=False),
@@ -138,13 +144,15 @@ def evaluate_split(
             if lpips_model is not None:
                 scores["lpips"] = metrics.lpips_distance(lpips_model, real, fake)
             for name, value in scores.items():
+                value = value.view(-1, t_out).mean(1) if video else value  # per clip: the mean over its frames
                 per_image.setdefault(name, []).append(value.double().cpu())
             if features is not None:
                 real_feats.append(features(real).double().cpu())
                 fake_feats.append(features(fake).double().cpu())
             for j in range(len(x)):
                 if start + j in keep:
-                    kept = (real[j], fake[j], to_unit(x[j])) if paired else (real[j], fake[j])
+                    f = j * t_out  # a clip's first frame
+                    kept = (real[f], fake[f], to_unit(x[j])) if paired else (real[f], fake[f])
                     examples[start + j] = tuple(t.cpu().numpy() for t in kept)
         start += len(x)
     return SplitResult(

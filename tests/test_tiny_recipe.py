@@ -95,3 +95,23 @@ def test_video_targets_are_the_frames_that_come_back() -> None:
     torch.testing.assert_close(target.view(2, 5, 3, 32, 32), x[:, :5])
     out = r.generator_step(x, target, StepContext(batch=0, generator=torch.Generator()))
     assert torch.isfinite(out.total) and r.reconstruct(r.autoencoder, x).shape == target.shape
+
+
+def test_step5_scores_video_clips_per_frame_and_averages_per_clip(tmp_path: Path) -> None:
+    from aetune import metrics
+    from aetune.evaluate import evaluate_split, to_unit
+
+    torch.manual_seed(0)
+    model = create_autoencoder("taehv", **get_family("taehv").tiny).eval()
+    clips = torch.randint(0, 256, (3, 6, 3, 16, 16), dtype=torch.uint8)
+    data = torch.utils.data.TensorDataset(clips, torch.tensor([0, 1, 1]))
+    res = evaluate_split(model, data, batch_size=2, progress=False, keep_examples=[2])
+    assert res.per_image["psnr"].shape == (3,) and res.labels.tolist() == [0, 1, 1]
+    assert res.stats.num_images == 3 * 2 and res.stats.latent_shape == (4, 2, 2)  # 2 latents per 6-frame clip
+    x = clips[2:].float() / 127.5 - 1
+    with torch.no_grad():
+        fake = to_unit(model(x))[0]  # (5, 3, 16, 16): the frames that come back
+    want = metrics.psnr(to_unit(x)[0, :5], fake, y_channel=False).mean()
+    assert abs(res.per_image["psnr"][2] - want.item()) < 1e-4
+    real0, fake0 = res.examples[2]
+    assert real0.shape == (3, 16, 16) and abs(fake0 - fake[0].numpy()).max() < 1e-5

@@ -107,9 +107,11 @@ def prepare_other_source(args: argparse.Namespace, work_dir: Path) -> bool:
 
 
 def prepared_kind(work_dir: Path) -> str:
-    """The data kind of what step 3 prepared in ``work_dir``: ``pair`` for LQ/GT pairs, else ``image``."""
+    """The data kind of what step 3 prepared in ``work_dir``: ``pair`` for LQ/GT pairs, ``video``, else ``image``."""
     from aetune.data.paired import KIND
     from aetune.data.prepared import DATASET_FILE, data_dir
+    from aetune.data.video import KIND as VIDEO
     from aetune.io import read_json
 
-    return "pair" if read_json(data_dir(work_dir) / DATASET_FILE).get("kind") == KIND else "image"
+    kind = read_json(data_dir(work_dir) / DATASET_FILE).get("kind")
+    return kind if kind in (KIND, VIDEO) else "image"
