@@ -19,17 +19,11 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aetune.cli import add_common_args, resolve_work_dir, run_main
-from aetune.errors import AetuneError
-
-if TYPE_CHECKING:
-    from aetune.config import Config
 
 STARTED = time.time()  # the session deadline counts from this process's start
 INTERRUPTED_EXIT = 3  # non-zero: a notebook's "Run All" must not go on to step 5 with a half-trained model
-KAGGLE_MAX_HOURS = 11.5  # Kaggle kills a session at 12 h: stop, save and exit 30 min before
 log = logging.getLogger("aetune")
 
 
@@ -61,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_nodes", type=int, default=1, help="machines (torchrun / SLURM start the processes)")
     p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"], help="multi-device strategy")
     p.add_argument("--global_batch_size", type=int, help="images per optimizer step over all devices")
-    p.add_argument("--max_hours", type=float, help=f"save and stop after H hours (--kaggle: {KAGGLE_MAX_HOURS})")
+    p.add_argument("--max_hours", type=float, help="save and stop after H hours (--kaggle: 11.5)")
     p.add_argument("--stop_after_batches", type=int, help="save and stop this session after N batches")
     p.add_argument("--resume_from", type=Path, help="a previous session's output (read-only) to continue")
     p.add_argument("--allow_stage_gap", action="store_true", help="run a stage whose predecessor never finished")
@@ -73,54 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def per_stage(text: str | None, stages: list[str], flag: str) -> dict[str, int]:
-    """``--epochs 5`` or ``--epochs 30,15,10`` -> {stage: value} for the requested stages."""
-    if text is None:
-        return {}
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise AetuneError(f"{flag} {text}: give integers, one for all stages or one per stage") from None
-    if len(values) == 1:
-        values = values * len(stages)
-    if len(values) != len(stages):
-        raise AetuneError(f"{flag} {text}: {len(values)} values for {len(stages)} stages ({','.join(stages)})")
-    return dict(zip(stages, values, strict=True))
-
-
-def build_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
-    """The preset with ``--set`` and the first-class flags applied (flags last), and the stages to run."""
-    from aetune.config import load_config
-    from aetune.train.plan import parse_stages
-
-    cfg = load_config(args.config or args.family or "vavae", args.overrides)
-    if args.family and cfg.model.family != args.family:
-        raise AetuneError(f"--family {args.family} but --config {args.config} is a {cfg.model.family} preset")
-    stages = parse_stages(args.stages, cfg)
-    flags = {
-        "train.batch_size": args.batch_size,
-        "train.global_batch_size": args.global_batch_size,
-        "train.gradient_accumulation": args.gradient_accumulation,
-        "train.learning_rate": args.learning_rate,
-        "train.gradient_clip_val": args.gradient_clip_val,
-        "model.freeze_encoder_levels": args.freeze_encoder_levels,
-        "train.precision": args.precision,
-        "data.num_workers": args.num_workers,
-        "train.seed": args.seed,
-        "train.max_hours": args.max_hours,
-    }
-    if args.kaggle and args.max_hours is None and cfg.train.max_hours is None:
-        flags["train.max_hours"] = KAGGLE_MAX_HOURS
-    for stage, n in per_stage(args.epochs, stages, "--epochs").items():
-        flags[f"train.stages.{stage}.epochs"] = n
-    for stage, n in per_stage(args.max_steps, stages, "--max_steps").items():
-        flags[f"train.stages.{stage}.max_steps"] = n
-    sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
-    return load_config(args.config or args.family or "vavae", [*args.overrides, *sets]), stages
-
-
 def main(args: argparse.Namespace) -> int:
     from aetune.hub import attach_recorded_weights, recorded_weight
+    from aetune.train.flags import build_config
     from aetune.train.runner import TrainRequest, is_primary, run_training
 
     if not is_primary():

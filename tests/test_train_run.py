@@ -14,6 +14,7 @@ import step4_train
 from aetune.config import Config, load_config_file
 from aetune.errors import AetuneError
 from aetune.train.artifacts import FINAL_FORMAT, load_autoencoder_checkpoint
+from aetune.train.flags import KAGGLE_MAX_HOURS, build_config
 from aetune.train.runner import TrainRequest, TrainResult, run_training
 from tests.train_helpers import make_work_dir, tiny_config, tiny_preset
 
@@ -136,16 +137,16 @@ def test_cli_flags_override_the_preset(tmp_path: Path) -> None:
          "1", "--epochs", "5,3", "--max_steps", "7", "--learning_rate", "2e-5", "--precision", "32", "--kaggle",
          "--set", "train.batch_size=2", "--freeze_encoder_levels", "1"]
     )  # fmt: skip
-    cfg, stages = step4_train.build_config(args)
+    cfg, stages = build_config(args)
     assert stages == ["1", "2"] and cfg.train.batch_size == 16  # the flag wins over --set
     assert [cfg.train.stages[s].epochs for s in ("1", "2", "3")] == [5, 3, 1]
     assert [cfg.train.stages[s].max_steps for s in ("1", "2", "3")] == [7, 7, -1]
     assert (cfg.train.learning_rate, cfg.train.precision, cfg.model.freeze_encoder_levels) == (2e-5, "32", 1)
-    assert cfg.train.max_hours == step4_train.KAGGLE_MAX_HOURS
+    assert cfg.train.max_hours == KAGGLE_MAX_HOURS
     with pytest.raises(AetuneError, match="2 values for 1 stages"):
-        step4_train.build_config(step4_train.parse_args(["--config", "demo", "--stages", "1", "--epochs", "1,2"]))
+        build_config(step4_train.parse_args(["--config", "demo", "--stages", "1", "--epochs", "1,2"]))
     with pytest.raises(AetuneError, match="--family kl but"):
-        step4_train.build_config(step4_train.parse_args(["--config", "demo", "--family", "kl"]))
+        build_config(step4_train.parse_args(["--config", "demo", "--family", "kl"]))
 
 
 def test_demo_preset_matches_its_teacher() -> None:
