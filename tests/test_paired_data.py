@@ -19,7 +19,7 @@ from aetune.data.paired import (
     prepare_paired_dataset,
     scan_pairs,
 )
-from aetune.data.prepared import data_dir
+from aetune.data.prepared import PreparedData, data_dir
 from aetune.data.synthetic.paired import DEGRADATIONS, generate_paired_dataset, render_pair
 from aetune.errors import AetuneError
 from aetune.io import read_json
@@ -171,6 +171,7 @@ def test_val_root_used_as_given_and_loaded_back(messy: Path, tmp_path: Path) -> 
     data = load_paired(work)
     assert data.types == ["Blur", "Noise", "Rain"]
     v = data.val[0]
+    assert isinstance(data, PreparedData) and data.path(v) == data.gt_path(v)  # what load_prepared serves
     assert data.gt_path(v) == val_root.resolve() / "Blur" / "GT" / "p_00.png"
     assert data.lq_path(v) == val_root.resolve() / "Blur" / "LQ" / "p_00.png"
     t = next(s for s in data.train if s.user == "Noise")

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from aetune.data.cache import decode_images
 from aetune.data.kinds import register_data_kind
-from aetune.data.paired import load_paired
+from aetune.data.paired import PairedData, load_paired
 from aetune.data.prepared import PreparedData
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _prepare(prepared: PreparedData, split: str, size: int, work_dir: Path, prog
 def _dataset(prepared: PreparedData, split: str, size: int, cache: str, work_dir: Path, progress: bool) -> Dataset:
     if cache == "file":
         log.info("pair data: decoded into RAM (data.cache: file applies to single images only)")
-    data = load_paired(work_dir, prepared.data_root)
+    data = prepared if isinstance(prepared, PairedData) else load_paired(work_dir, prepared.data_root)
     samples = data.train if split == "train" else data.val if split == "val" else data.train + data.val
     lq = decode_images([data.lq_path(s) for s in samples], size, desc=f"decoding {split} LQ", progress=progress)
     gt = decode_images([data.gt_path(s) for s in samples], size, desc=f"decoding {split} GT", progress=progress)

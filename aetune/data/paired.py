@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from aetune.data.images import IMAGE_SUFFIXES
 from aetune.data.neardup import find_near_duplicates
 from aetune.data.prepare import check_output_dir
-from aetune.data.prepared import DATASET_FILE, LABELS_FILE, SPLIT_FILE, data_dir
+from aetune.data.prepared import DATASET_FILE, LABELS_FILE, SPLIT_FILE, PreparedData, Sample, data_dir
 from aetune.data.scan import ImageRecord, _check_image, _is_hidden, natural_key
 from aetune.data.split import check_val_ratio, split_groups, split_records
 from aetune.errors import AetuneError
@@ -431,25 +431,25 @@ def prepare_paired_dataset(
 
 
 @dataclass(frozen=True)
-class PairSample:
-    """One pair of the prepared split: its key, files, degradation type and label."""
+class PairSample(Sample):
+    """One pair of the prepared split: a ``Sample`` whose ``relpath`` is the GT (with its prefix), plus the LQ."""
 
-    relpath: str  # GT relpath with its prefix (the key in split.json)
-    lq: str
-    user: str  # degradation type
-    label: int
+    lq: str = ""  # LQ relpath, with the same prefix
 
 
 @dataclass(frozen=True)
-class PairedData:
-    """The prepared paired dataset of a work directory."""
+class PairedData(PreparedData):
+    """The prepared paired dataset of a work directory: a ``PreparedData`` whose ``path`` is the GT.
 
-    data_root: Path
-    val_root: Path | None
-    name: str
-    labels: dict[str, int]  # type -> label
-    train: list[PairSample]
-    val: list[PairSample]
+    ``load_prepared`` of a paired dataset: every step that reads GT images by ``path`` works unchanged, and
+    ``lq_path`` gives the inputs. Samples are :class:`PairSample`.
+    """
+
+    val_root: Path | None = None
+
+    def path(self, sample: Sample) -> Path:
+        """The GT of ``sample``."""
+        return self.resolve(sample.relpath)
 
     def resolve(self, relpath: str) -> Path:
         """Absolute path of a stored relpath (``val://`` ones under ``val_root``)."""
@@ -492,15 +492,15 @@ def load_paired(
     dataset, split, labels = read_json(d / DATASET_FILE), read_json(d / SPLIT_FILE), read_json(d / LABELS_FILE)
     if dataset.get("kind") != KIND:
         raise AetuneError(f"{d / DATASET_FILE} is not a paired dataset: re-run step 3 on an LQ/GT folder")
-    by_rel = {a["relpath"]: PairSample(a["relpath"], a["lq"], a["user"], int(a["label"])) for a in dataset["accepted"]}
+    by_rel = {a["relpath"]: PairSample(a["relpath"], a["user"], int(a["label"]), a["lq"]) for a in dataset["accepted"]}
     recorded_val = dataset.get("val_root")
     data = PairedData(
         data_root=Path(data_root).expanduser().resolve() if data_root else Path(dataset["data_root"]),
-        val_root=Path(val_root).expanduser().resolve() if val_root else (Path(recorded_val) if recorded_val else None),
         name=dataset["name"],
         labels=labels,
         train=[by_rel[r] for r in split["train"]],
         val=[by_rel[r] for r in split["val"]],
+        val_root=Path(val_root).expanduser().resolve() if val_root else (Path(recorded_val) if recorded_val else None),
     )
     for sample in data.train[:1] + data.val[:1]:
         for path in (data.lq_path(sample), data.gt_path(sample)):

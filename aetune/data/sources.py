@@ -113,5 +113,5 @@ def prepared_kind(work_dir: Path) -> str:
     from aetune.data.video import KIND as VIDEO
     from aetune.io import read_json
 
-    kind = read_json(data_dir(work_dir) / DATASET_FILE).get("kind")
-    return kind if kind in (KIND, VIDEO) else "image"
+    kinds = {KIND: "pair", VIDEO: "video"}  # dataset.json "kind" -> data kind (aetune.data.kinds)
+    return kinds.get(read_json(data_dir(work_dir) / DATASET_FILE).get("kind"), "image")
