@@ -15,6 +15,7 @@ class TeacherConfig:
     pretrained: bool = True  # False = random teacher: only by explicit choice (demo preset), and outputs say so
     normalize: str = field(default="none", metadata=choices("none", "imagenet"))  # "none": as released (raw [-1, 1])
     weights_path: str | None = None  # local teacher weights (offline Kaggle); None = timm/HF cache
+    cache: bool = True  # features of un-augmented images computed once (aetune/data/feature_cache.py); off with hflip
 
 
 @dataclass

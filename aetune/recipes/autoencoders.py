@@ -11,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from aetune.data.cache import to_model_range
+from aetune.data.feature_cache import FeatureCache, to_uint8
 from aetune.errors import AetuneError
 from aetune.losses import ObjectiveWeights, build_lpips, discriminator_objective, generator_objective
 from aetune.losses.objective import generator_terms
@@ -140,10 +143,45 @@ class KLRecipe(Recipe):
         total = terms.pop("total")
         return PhaseResult(total, terms, parts, carry)  # type: ignore[arg-type]
 
+    feature_cache: FeatureCache | None = None
+    """The teacher's features of the training images (:meth:`prepare_feature_cache`), or None: run it every step."""
+
     def teacher_features(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        """The frozen teacher's (B, align_dim, h, w) features of ``x`` (no gradient)."""
+        """The frozen teacher's (B, align_dim, h, w) features of ``x`` (no gradient): from the feature cache when
+        every image of the batch is in it (never with ``data.hflip``: flipped inputs are not cached)."""
         assert self.teacher is not None
+        if self.feature_cache is not None and not self.cfg.data.hflip:
+            feat = self.feature_cache.lookup(to_uint8(x))
+            if feat is not None and feat.shape[-2:] == grid:
+                return feat
         return self.teacher(x, grid=grid)
+
+    def prepare_feature_cache(
+        self, images: np.ndarray, work_dir: Path, device: torch.device, progress: bool = True
+    ) -> FeatureCache | None:
+        """Build or load the teacher's feature cache of ``images`` (N, S, S, 3) uint8 and use it from now on.
+
+        None (and the teacher runs every step) when there is no teacher, ``teacher.cache`` is off or
+        ``data.hflip`` is on. Under DDP, call it on every rank at the same point (rank 0 builds, a barrier).
+        """
+        if self.teacher is None or not self.cfg.teacher.cache or self.cfg.data.hflip:
+            return None
+        size = images.shape[1]
+        grid = (size // self.autoencoder.downsample_factor,) * 2
+        t = self.cfg.teacher
+        settings = {"name": t.name, "normalize": t.normalize, "image_size": size, "grid": list(grid)}
+        teacher = self.teacher.to(device)
+        self.feature_cache = FeatureCache.build_or_load(
+            work_dir,
+            f"teacher_{size}px",
+            teacher,
+            settings,
+            images,
+            lambda u8: teacher(to_model_range(u8), grid=grid),
+            device=device,
+            progress=progress,
+        )
+        return self.feature_cache
 
     def split_result(
         self, t: dict[str, Tensor], cut: Cut, gan_active: bool, align: bool, carry: dict[str, Any]
