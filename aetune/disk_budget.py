@@ -256,14 +256,16 @@ def model_size(cfg: Config) -> ModelSize:
 def _counted(cfg: Config) -> ModelSize:
     import torch
 
-    from aetune.models import NLayerDiscriminator, create_autoencoder
+    from aetune.models import create_autoencoder
+    from aetune.recipes import get_recipe  # the family's recipe knows its discriminator (torch is there)
 
     try:
         with torch.device("meta"):
             model = create_autoencoder(cfg.model.family, **cfg.model.args)
             model.freeze_encoder_levels(cfg.model.freeze_encoder_levels)
-            d = cfg.sections.get("discriminator")  # the PatchGAN of step 4; families without one have no section
-            disc = [] if d is None else list(NLayerDiscriminator(ndf=d.ndf, n_layers=d.n_layers).parameters())
+            recipe = get_recipe(cfg.model.family)(cfg, next(iter(cfg.train.stages)))
+            d = recipe.build_discriminator()
+            disc = [] if d is None else list(d.parameters())
     except ValueError as e:  # a bad option of the config (ModelConfigError is one), not a bug
         raise AetuneError(f"model options of the config: {e}") from e
     return ModelSize(

@@ -41,7 +41,7 @@ class KLRecipe(Recipe):
         autoencoder = create_autoencoder(cfg.model.family, **cfg.model.args)
         self.frozen_encoder = autoencoder.freeze_encoder_levels(cfg.model.freeze_encoder_levels)
         autoencoder.set_gradient_checkpointing(cfg.model.gradient_checkpointing)
-        disc = NLayerDiscriminator(ndf=cfg.discriminator.ndf, n_layers=cfg.discriminator.n_layers)
+        disc = self.build_discriminator()
         nets: dict[str, nn.Module] = {}
         if self.loss.perceptual_weight > 0 or self.loss.lpips_pretrained:
             nets["perceptual"] = build_lpips(self.loss.lpips_pretrained)
@@ -49,6 +49,10 @@ class KLRecipe(Recipe):
         if teacher is not None:
             nets["teacher"] = teacher
         return Networks(autoencoder, disc, nets)
+
+    def build_discriminator(self) -> NLayerDiscriminator:
+        """The taming PatchGAN of ``discriminator.*`` (released: 64 channels, 3 layers)."""
+        return NLayerDiscriminator(ndf=self.cfg.discriminator.ndf, n_layers=self.cfg.discriminator.n_layers)
 
     def build_teacher(self, autoencoder: nn.Module) -> FrozenTeacher | None:
         """The alignment teacher (VA-VAE only)."""

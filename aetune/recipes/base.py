@@ -108,6 +108,11 @@ class Recipe:
         """Create the stage's networks (random weights; frozen ones from their own weights)."""
         raise NotImplementedError
 
+    def build_discriminator(self) -> nn.Module | None:
+        """The stage's discriminator alone (random weights), or None: ``build`` uses it, and the disk budget
+        sizes checkpoints with it on the meta device."""
+        return None
+
     def attach(self, nets: Networks) -> None:
         """Keep references to the networks the module registered (it owns them; the recipe uses them)."""
         self.nets = nets
