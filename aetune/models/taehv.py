@@ -184,6 +184,9 @@ def _video_decoder(c: TAEHVConfig) -> nn.Sequential:
 class TAEHV(Autoencoder):
     """Video autoencoder: (B, T, 3, H, W) in [-1, 1] <-> latents (B, ceil(T / 4), C, H/f, W/f)."""
 
+    encoder_modules = ("encoder",)
+    """What maps images to latents (``aetune.export``: the DiT encoder export): the encoder alone."""
+
     def __init__(self, config: TAEHVConfig) -> None:
         super().__init__(config)
         self.encoder = _video_encoder(config)

@@ -120,6 +120,9 @@ class TAESDConfig(FamilyConfig):
 class TAESD(Autoencoder):
     """``encoder`` and ``decoder`` are plain ``nn.Sequential``s: their indices are the released keys."""
 
+    encoder_modules = ("encoder",)
+    """What maps images to latents (``aetune.export``: the DiT encoder export): the encoder alone."""
+
     def __init__(self, config: TAESDConfig) -> None:
         super().__init__(config)
         stages = config.downsample_factor.bit_length() - 1  # log2 of a power of two
