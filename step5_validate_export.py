@@ -61,6 +61,7 @@ def main(args: argparse.Namespace) -> int:
     from aetune.latent_dataset import LATENTS_DIR, write_latent_dataset
     from aetune.model_source import load_model
     from aetune.result_set import recover, staged_folder
+    from aetune.tiny_export import export_preview_decoder, has_teacher
 
     parts = {p for p in PARTS if args.all or getattr(args, p)} or set(PARTS)
     if args.batch_size < 1:
@@ -124,6 +125,8 @@ def main(args: argparse.Namespace) -> int:
             exports = export_for_dit(res, model, stats, prepared.labels, size, info)
             written += exports
             notes.append(f"use it in your DiT:\n\n{dit_snippet(out / exports[0].name, size, stats.latent_shape)}")
+            if has_teacher(meta):  # a tiny decoder distilled from a teacher: what DiT sample previews decode with
+                written += export_preview_decoder(res, model, meta, size, device)
         if "export_latents" in parts:
             splits = ["train"] * len(prepared.train) + ["val"] * len(prepared.val)
             exported = write_latent_dataset(

@@ -115,3 +115,27 @@ def test_step5_scores_video_clips_per_frame_and_averages_per_clip(tmp_path: Path
     assert abs(res.per_image["psnr"][2] - want.item()) < 1e-4
     real0, fake0 = res.examples[2]
     assert real0.shape == (3, 16, 16) and abs(fake0 - fake[0].numpy()).max() < 1e-5
+
+
+def test_preview_decoder_export_reloads_and_times_both_decoders(tmp_path: Path) -> None:
+    import json
+
+    from aetune.tiny_export import SPEED_FILE, export_preview_decoder, has_teacher, load_preview_decoder
+
+    path, stats, kl = teacher_file(tmp_path)
+    overrides = [*STUDENT, f"distill.teacher={path}", f"distill.latent_stats={stats}"]
+    r = recipe(TinyRecipe, "taesd_demo", *overrides)
+    meta = {"config": load_config("taesd_demo", overrides).to_dict()}
+    assert has_teacher(meta) and not has_teacher({"config": load_config("taesd_demo").to_dict()})
+    files = export_preview_decoder(tmp_path, r.autoencoder, meta, 32, torch.device("cpu"), batch=2)
+    assert [f.name for f in files] == ["taesd_decoder_for_previews.pt", SPEED_FILE]
+    preview = load_preview_decoder(files[0])
+    z_raw = torch.randn(2, 32, 8, 8)
+    mean = torch.linspace(-0.5, 0.5, 32).view(1, 32, 1, 1)
+    with torch.no_grad():
+        want = r.autoencoder.decode((z_raw - mean) / 2.0).sample.clamp(-1, 1)
+    torch.testing.assert_close(preview(z_raw, normalised=False), want)
+    speed = json.loads(files[1].read_text())
+    assert speed["tiny_images_per_s"] > 0 and speed["teacher_images_per_s"] > 0
+    ratio = speed["tiny_images_per_s"] / speed["teacher_images_per_s"]
+    assert speed["speedup"] == pytest.approx(ratio, rel=0.05, abs=0.01)  # both rounded to 2 decimals
