@@ -21,7 +21,7 @@ from aetune.data.paired import prepare_paired_dataset
 from aetune.data.prepared import load_prepared
 from aetune.data.synthetic.paired import generate_paired_dataset
 from aetune.losses.restoration import RestorationWeights, restoration_objective
-from aetune.options.restoration import PRESETS, RestorationLossConfig, restoration_schema
+from aetune.options.restoration import RestorationLossConfig, restoration_schema
 from aetune.recipes.base import StepContext
 from aetune.recipes.restoration import RestorationRecipe
 
@@ -76,25 +76,6 @@ def test_objective_matches_a_hand_computation() -> None:
     assert set(only) == {"total", "l1", "w_l1"}  # weight 0 and an inactive GAN are not computed
     with pytest.raises(ValueError, match="perceptual network"):
         restoration_objective(gt, out, RestorationWeights(), None, None)
-
-
-def test_presets_carry_the_forks_numbers() -> None:
-    base, improved = PRESETS["restoration"], PRESETS["restoration_improved"]
-    assert RestorationLossConfig() == RestorationLossConfig(**base["loss"], disc_start=0, lpips_pretrained=True)
-    assert improved["loss"] == {
-        "l1_weight": 2.0,
-        "l2_weight": 2.0,
-        "lpips_weight": 3.0,
-        "ssim_weight": 1.0,
-        "gan_weight": 0.3,
-    }
-    assert (improved["train"]["learning_rate"], improved["train"]["d_learning_rate"]) == (2e-5, 5e-6)
-    assert (
-        improved["train"]["optimizer"]["g"]["weight_decay"]
-        == 1e-4
-        == improved["train"]["optimizer"]["d"]["weight_decay"]
-    )
-    assert (base["train"]["learning_rate"], base["train"]["d_learning_rate"]) == (1e-5, 1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,13 @@ Torch-free. The task replaces the family's loss (and teacher) sections by these;
 (``model.family``, ``model.args``) is unchanged. ``restoration_schema`` composes them with a family's schema:
 the config loader uses it when ``--task restoration`` is asked (see docs/restoration.md, "Wiring").
 
-Presets (the HYPIR fork's ``configs/sd2_finetune_5k.yaml`` and ``sd2_finetune_5k_improved.yaml``) are in
-:data:`PRESETS`, in preset form.
+Presets ``restoration`` (the HYPIR fork's ``sd2_finetune_5k.yaml``), ``restoration_improved`` (its
+``sd2_finetune_5k_improved.yaml``) and ``restoration_demo`` select the task with ``model.task``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from aetune.config import FamilySchema, bounds
 from aetune.options.autoencoders import DiscriminatorConfig
@@ -38,7 +37,6 @@ class RestorationValConfig:
     """How restoration validation measures (``aetune.restoration_metrics``)."""
 
     crop_border: int = field(default=0, metadata=bounds(0, 64))  # pixels cut per side before PSNR/SSIM (SR: scale)
-    num_samples_per_type: int | None = field(default=None, metadata=bounds(1))  # None: the whole validation set
 
 
 def restoration_schema(base: FamilySchema) -> FamilySchema:
@@ -53,35 +51,3 @@ def restoration_schema(base: FamilySchema) -> FamilySchema:
     tiny = {k: v for k, v in base.tiny.items() if k not in ("loss", "teacher")}
     tiny["loss"] = {"lpips_weight": 0.0, "lpips_pretrained": False, "ssim_weight": 1.0, "disc_start": 0}
     return replace(base, sections=sections, data_kind=DATA_KIND, default_preset=TASK, tiny=tiny)
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # The fork's sd2_finetune_5k.yaml: AdamW (its "adam" is torch.optim.AdamW) betas (0.9, 0.999), default weight
-    # decay 1e-2, lr_G = lr_D = 1e-5, EMA 0.999, grad-norm clip 1.0, validation every 500 steps.
-    "restoration": {
-        "model": {"task": TASK},
-        "loss": {"l1_weight": 1.0, "l2_weight": 1.0, "lpips_weight": 5.0, "ssim_weight": 0.0, "gan_weight": 0.5},
-        "train": {
-            "learning_rate": 1e-5,
-            "d_learning_rate": 1e-5,
-            "optimizer": {
-                "g": {"name": "adamw", "betas": [0.9, 0.999], "weight_decay": 1e-2},
-                "d": {"name": "adamw", "betas": [0.9, 0.999], "weight_decay": 1e-2},
-            },
-            "ema": {"decay": 0.999},
-            "gradient_clip_val": 1.0,
-            "val_every_n_steps": 500,
-            "monitor": "val/final_score",
-        },
-    },
-    # sd2_finetune_5k_improved.yaml: GAN 0.3, LPIPS 3, L2 2, L1 2, SSIM 1; lr_G 2e-5, lr_D 5e-6; weight decay 1e-4.
-    "restoration_improved": {
-        "base": "restoration",
-        "loss": {"l1_weight": 2.0, "l2_weight": 2.0, "lpips_weight": 3.0, "ssim_weight": 1.0, "gan_weight": 0.3},
-        "train": {
-            "learning_rate": 2e-5,
-            "d_learning_rate": 5e-6,
-            "optimizer": {"g": {"weight_decay": 1e-4}, "d": {"weight_decay": 1e-4}},
-        },
-    },
-}
