@@ -139,3 +139,44 @@ def test_preview_decoder_export_reloads_and_times_both_decoders(tmp_path: Path) 
     assert speed["tiny_images_per_s"] > 0 and speed["teacher_images_per_s"] > 0
     ratio = speed["tiny_images_per_s"] / speed["teacher_images_per_s"]
     assert speed["speedup"] == pytest.approx(ratio, rel=0.05, abs=0.01)  # both rounded to 2 decimals
+
+
+def test_steps_4_and_5_with_a_teacher_write_the_preview_decoder(tmp_path: Path) -> None:
+    import step5_validate_export as step5
+    from aetune.train.runner import TrainRequest, run_training
+    from tests.train_helpers import make_work_dir
+
+    path, stats, _ = teacher_file(tmp_path)
+    work = make_work_dir(tmp_path, users=2, per_user=4, size=32)
+    cfg = load_config(
+        "taesd_demo",
+        [*STUDENT, f"distill.teacher={path}", f"distill.latent_stats={stats}", "data.image_size=32",
+         "train.batch_size=2", "train.stages.1.max_steps=2", "train.val_every_n_steps=2"],
+    )  # fmt: skip
+    result = run_training(TrainRequest(work, cfg, ["1"], accelerator="cpu", progress_bar=False))
+    assert result.status == "done"
+    assert step5.main(step5.parse_args(["--output_dir", str(work), "--export", "--no_progress"])) == 0
+    assert (work / "results/taesd_decoder_for_previews.pt").is_file()
+    assert (work / "results/decoder_speed.json").is_file()
+
+
+def test_step3_prepares_synthetic_videos(tmp_path: Path) -> None:
+    import json
+
+    import step3_prepare_dataset as step3
+
+    argv = [
+        "--output_dir",
+        str(tmp_path),
+        "--synthetic",
+        "microdoppler_video",
+        "--num_users",
+        "2",
+        "--image_size",
+        "32",
+    ]
+    assert step3.main(step3.parse_args([*argv, "--no_progress"])) == 0
+    dataset = json.loads((tmp_path / "data/dataset.json").read_text())
+    split = json.loads((tmp_path / "data/split.json").read_text())
+    assert dataset["kind"] == "video" and dataset["num_users"] == 2 and dataset["accepted"][0]["frames"] == 24
+    assert len(split["train"]) + len(split["val"]) == 12 and split["val"]
