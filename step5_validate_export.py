@@ -84,10 +84,15 @@ def main(args: argparse.Namespace) -> int:
         inception = args.inception_weights or recorded_weight(work_dir, "fid_inception")
         lpips_model, lpips_reason = report_lpips(meta)
         features, rfid_reason = inception_features(inception, device)
+    kind = prepared_kind(work_dir)
+    if kind == "video":  # clips as the run trained on them (the kind API carries only the image size)
+        from aetune.data.video_kind import bind_clips
+
+        bind_clips(meta["config"])
     evaluator = Evaluator(
         model, prepared, size, meta["config"]["data"]["cache"], work_dir, lpips_model=lpips_model, features=features,
         batch_size=args.batch_size, device=device, stats_source=args.latent_source, seed=seed,
-        progress=not args.no_progress, kind=prepared_kind(work_dir),
+        progress=not args.no_progress, kind=kind,
     )  # fmt: skip
     info = {**report.provenance(meta), "checkpoint": str(ckpt), "stats_split": args.stats_split}
     notes = []

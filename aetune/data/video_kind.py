@@ -39,4 +39,10 @@ def register_video_kind(frames: int = DEFAULT_FRAMES, stride: int = DEFAULT_STRI
     register_data_kind("video", partial(_prepare, stride=stride), partial(_dataset, frames=frames, stride=stride))
 
 
+def bind_clips(config: dict) -> None:
+    """Register ``video`` with the clips of a run's resolved config (``Config.to_dict()``, its ``clip`` section)."""
+    clip = config.get("clip") or {}
+    register_video_kind(clip.get("frames", DEFAULT_FRAMES), clip.get("stride", DEFAULT_STRIDE))
+
+
 register_video_kind()
