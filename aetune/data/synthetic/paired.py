@@ -15,7 +15,6 @@ Degradations (each pair draws its own strength from a generator keyed by (seed, 
 
 from __future__ import annotations
 
-import numbers
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
-from aetune.data.synthetic.generate import render_image
+from aetune.data.synthetic.generate import _check, render_image
 from aetune.data.synthetic.users import draw_user
 from aetune.errors import InvalidArgument
 from aetune.io import atomic_path, atomic_write_json, read_json
@@ -72,11 +71,6 @@ def render_pair(kind: str, index: int, image_size: int, num_users: int, seed: in
     gt = render_image(user, t * _TYPE_IMAGE_STRIDE + index // num_users, image_size, seed)
     rng = np.random.default_rng(np.random.SeedSequence([seed, _DEGRADATION_STREAM, t, index]))
     return degrade(gt, kind, rng), gt
-
-
-def _check(name: str, value: int, minimum: int) -> None:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise InvalidArgument(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def generate_paired_dataset(
