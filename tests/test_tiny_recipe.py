@@ -180,3 +180,17 @@ def test_step3_prepares_synthetic_videos(tmp_path: Path) -> None:
     split = json.loads((tmp_path / "data/split.json").read_text())
     assert dataset["kind"] == "video" and dataset["num_users"] == 2 and dataset["accepted"][0]["frames"] == 24
     assert len(split["train"]) + len(split["val"]) == 12 and split["val"]
+
+
+def test_teacher_latents_come_from_the_feature_cache(tmp_path: Path) -> None:
+    path, stats, _ = teacher_file(tmp_path)
+    r = recipe(TinyRecipe, "taesd_demo", *STUDENT, f"distill.teacher={path}", f"distill.latent_stats={stats}")
+    images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    cache = r.prepare_feature_cache(images.numpy(), tmp_path, torch.device("cpu"), progress=False)
+    assert cache is not None and len(cache) == 3
+    x = images[:2].permute(0, 3, 1, 2).float() / 127.5 - 1
+    direct = r.teacher.latents(x)
+    r.teacher.latents = None  # type: ignore[assignment]  (a batch in the cache must not run the teacher)
+    torch.testing.assert_close(r.teacher_latents(x), direct, rtol=1e-3, atol=2e-3)  # float16 rows
+    off = recipe(TinyRecipe, "taesd_demo", *STUDENT, f"distill.teacher={path}", "distill.cache=false")
+    assert off.prepare_feature_cache(images.numpy(), tmp_path, torch.device("cpu"), progress=False) is None

@@ -36,6 +36,7 @@ class DistillConfig:
     latent_stats: str | None = None  # the teacher's latents_stats.pt (step 5): latents (z - mean) / std per channel
     latent_scale: float = field(default=1.0, metadata=bounds(0.0))  # without latent_stats: z * scale (SD: 0.18215)
     latent_shift: float = 0.0  # without latent_stats: subtracted before scaling
+    cache: bool = True  # the teacher's latents of the training images from the frozen-feature cache (images only)
 
 
 @dataclass

@@ -20,11 +20,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from aetune.config import Config
 from aetune.data.cache import to_model_range
+from aetune.data.feature_cache import FeatureCache, to_uint8
 from aetune.data.video_kind import register_video_kind
 from aetune.errors import AetuneError
 from aetune.losses import build_lpips, discriminator_objective, generator_loss
@@ -167,7 +169,7 @@ class TinyRecipe(Recipe):
         if teacher is None:
             x_rec = ae.decode(z).sample  # end to end from pixels
         else:
-            z_t = teacher.latents(x)  # (B, C, h, w) [video: (B, n, C, h, w)], no gradient
+            z_t = self.teacher_latents(x)  # (B, C, h, w) [video: (B, n, C, h, w)], no gradient
             terms["enc_distill"] = loss.enc_distill_weight * latent_distill_loss(z, z_t)
             x_rec = ae.decode(z_t).sample  # the decoder learns the teacher's latent space
             if loss.dec_distill_weight > 0:
@@ -186,6 +188,36 @@ class TinyRecipe(Recipe):
         logs |= {k: v.detach() for k, v in terms.items() if k in ("enc_distill", "dec_distill")}
         parts = dict(terms) if ctx.parts else {}
         return PhaseResult(total, {k: v.detach() for k, v in logs.items()}, parts, {"fake": fake, "real": target})
+
+    feature_cache: FeatureCache | None = None
+    """The teacher's scaled latents of the training images (:meth:`prepare_feature_cache`), or None."""
+
+    def teacher_latents(self, x: Tensor) -> Tensor:
+        """The teacher's scaled latents of ``x``: from the feature cache when every image of the batch is in it."""
+        assert self.teacher is not None
+        if self.feature_cache is not None and not self.cfg.data.hflip:
+            z = self.feature_cache.lookup(to_uint8(x))
+            if z is not None:
+                return z
+        return self.teacher.latents(x)
+
+    def prepare_feature_cache(
+        self, images: np.ndarray, work_dir: Path, device: torch.device, progress: bool = True
+    ) -> FeatureCache | None:
+        """Build or load the cache of the teacher's scaled latents of ``images`` (N, S, S, 3) uint8 and use it.
+
+        None (the teacher runs every step) without a teacher, with ``distill.cache`` off or ``data.hflip`` on.
+        """
+        if self.teacher is None or not self.cfg.distill.cache or self.cfg.data.hflip:
+            return None
+        teacher = self.teacher.to(device)
+        d = self.cfg.distill
+        settings = {"teacher": d.teacher, "latent_stats": d.latent_stats, "image_size": int(images.shape[1])}
+        self.feature_cache = FeatureCache.build_or_load(
+            work_dir, f"distill_teacher_{images.shape[1]}px", teacher, settings, images,
+            lambda u8: teacher.latents(to_model_range(u8)), device=device, progress=progress,
+        )  # fmt: skip
+        return self.feature_cache
 
     def discriminator_step(self, x: Tensor, target: Tensor, g: PhaseResult, ctx: StepContext) -> PhaseResult:
         """Hinge loss on real frames and the detached reconstructions (two calls: per-call BatchNorm)."""
@@ -227,3 +259,9 @@ class VideoTinyRecipe(TinyRecipe):
 
     def frames(self, y: Tensor) -> Tensor:
         return y.flatten(0, 1) if y.ndim == 5 else y  # (B, T', 3, H, W) -> (B * T', 3, H, W)
+
+    def prepare_feature_cache(
+        self, images: np.ndarray, work_dir: Path, device: torch.device, progress: bool = True
+    ) -> FeatureCache | None:
+        """No cache for clips (the feature cache keys single images): the teacher runs every step."""
+        return None
