@@ -252,8 +252,13 @@ class VideoTinyRecipe(TinyRecipe):
         register_video_kind(cfg.clip.frames, cfg.clip.stride)  # the kind API carries only the image size
 
     def inputs(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        """(uint8 clips (B, T, 3, H, W), labels) -> (clips in [-1, 1], the frames the model returns, flattened)."""
+        """(uint8 clips (B, T, 3, H, W), labels) -> (clips in [-1, 1], the frames the model returns, flattened).
+
+        A (B, 3, H, W) batch is one-frame clips (the model's image mode): the images are their own target.
+        """
         x = to_model_range(batch[0])
+        if x.ndim == 4:
+            return x, x
         t_out = self.autoencoder.output_frames(x.shape[1])  # type: ignore[operator]
         return x, x[:, :t_out].flatten(0, 1)  # output frame j reconstructs input frame j
 
