@@ -120,22 +120,23 @@ def test_recipe_phases_gradients_and_data(restoration_wiring, paired_work: Path)
 
 def test_ssim_term_alone_trains_the_autoencoder(restoration_wiring, paired_work: Path) -> None:
     """The fork's bug: its (1 - SSIM) had no gradient. Here SSIM alone lowers the loss in a few steps."""
+    torch.manual_seed(0)  # the model's initialisation
     cfg = config_from_dict({**TINY, "loss": {**TINY["loss"], "l1_weight": 0, "l2_weight": 0, "gan_weight": 0}})
     recipe = RestorationRecipe(cfg, "1")
     recipe.attach(recipe.build())
     assert recipe.phases == ("g",)  # no GAN weight: no discriminator
     data = get_data_kind("pair").dataset(load_prepared(paired_work), "train", 32, "ram", paired_work, False)
-    x, target = recipe.inputs(next(iter(torch.utils.data.DataLoader(data, batch_size=4))))
+    x, target = recipe.inputs(next(iter(torch.utils.data.DataLoader(data, batch_size=2))))
     opt = torch.optim.Adam(recipe.trainable("g"), lr=2e-3)
     losses = []
-    for step in range(8):
+    for step in range(5):
         opt.zero_grad()
         g = recipe.generator_step(x, target, StepContext(step, torch.Generator().manual_seed(step)))
         assert set(g.logs) == {"ssim"}
         g.total.backward()
         opt.step()
         losses.append(g.total.item())
-    assert losses[-1] < losses[0] - 0.02
+    assert losses[-1] < losses[0] - 0.02, losses
     assert F.l1_loss(recipe.reconstruct(recipe.autoencoder, x), target) < 2
 
 
