@@ -242,7 +242,7 @@ def row(phase: str, batch: int, seconds: list[float], peak_mib: float, kind: str
     """One aligned line: images/s of the median step, the median (min..max) step time, peak memory."""
     med = statistics.median(seconds)
     spread = f"{med * 1000:8.1f} ms ({min(seconds) * 1000:.1f}..{max(seconds) * 1000:.1f})"
-    return f"  {phase:<13}  {batch / med:9.2f} images/s  {spread}  {peak_mib:9.0f} MiB {kind}"
+    return f"  {phase:<13}  {batch / med:9.3f} images/s  {spread}  {peak_mib:9.0f} MiB {kind}"
 
 
 def print_ratios(ref: Variant, ours: Variant) -> None:

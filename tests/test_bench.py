@@ -37,4 +37,4 @@ def test_compare_times_reference_and_ours_and_prints_ratios(
 
 def test_row_reports_the_median_step() -> None:
     line = bench.row("generator", 4, [2.0, 1.0, 9.0], 512.0, "peak RSS")
-    assert "2.00 images/s" in line and "2000.0 ms (1000.0..9000.0)" in line and "512 MiB peak RSS" in line
+    assert "2.000 images/s" in line and "2000.0 ms (1000.0..9000.0)" in line and "512 MiB peak RSS" in line

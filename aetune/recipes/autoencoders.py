@@ -149,6 +149,7 @@ class KLRecipe(Recipe):
 
     feature_cache: FeatureCache | None = None
     """The teacher's features of the training images (:meth:`prepare_feature_cache`), or None: run it every step."""
+    _cache_missed = False  # warned once that a batch was not in the cache
 
     def teacher_features(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         """The frozen teacher's (B, align_dim, h, w) features of ``x`` (no gradient): from the feature cache when
@@ -158,6 +159,9 @@ class KLRecipe(Recipe):
             feat = self.feature_cache.lookup(to_uint8(x))
             if feat is not None and feat.shape[-2:] == grid:
                 return feat
+            if not self._cache_missed:
+                self._cache_missed = True
+                log.warning("a batch has images the teacher's feature cache lacks: the teacher runs for such batches")
         return self.teacher(x, grid=grid)
 
     def prepare_feature_cache(
