@@ -135,3 +135,22 @@ def test_no_cache_with_augmentation_or_when_off(
         m.setattr(recipe.cfg.teacher, "cache", False)
         assert recipe.prepare_feature_cache(images(2), tmp_path, torch.device("cpu")) is None
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_ddp_rank0_builds_then_every_rank_passes_one_barrier(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rank: int
+) -> None:
+    net, imgs = Net(), images(3)
+    if rank == 1:
+        build(tmp_path, net, imgs)  # what rank 0 wrote before the barrier
+    calls, barriers = net.calls, []
+    dist = torch.distributed
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: rank)
+    monkeypatch.setattr(dist, "barrier", lambda: barriers.append(net.calls))
+    cache = build(tmp_path, net, imgs)
+    assert len(cache) == 3 and len(barriers) == 1
+    assert net.calls == calls + (2 if rank == 0 else 0)  # rank 0 computed (2 batches of 2) before the barrier
+    assert barriers == [net.calls]
