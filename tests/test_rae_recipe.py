@@ -177,3 +177,17 @@ def test_cached_tokens_give_the_same_generator_step() -> None:
     assert recipe.token_cache.hits == 2  # the second step reused both images' tokens
     torch.testing.assert_close(a.total, b.total, rtol=0, atol=0)
     torch.testing.assert_close(a.carry["tokens"], recipe.rae.encode_tokens(x), rtol=0, atol=0)
+
+
+def test_shared_feature_cache_serves_the_tokens(tmp_path) -> None:
+    recipe = tiny_recipe()
+    u8 = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    cache = recipe.prepare_feature_cache(u8.numpy(), tmp_path, torch.device("cpu"), progress=False)
+    assert cache is not None and list((tmp_path / "cache/features").glob("rae_tokens_32px*"))
+    x = u8.permute(0, 3, 1, 2).float() / 127.5 - 1
+    got = recipe.tokens(x[[2, 0]])
+    torch.testing.assert_close(got, recipe.rae.encode_tokens(x[[2, 0]]), rtol=2e-3, atol=2e-3)  # stored as float16
+    assert recipe.token_cache is not None and len(recipe.token_cache) == 0  # the in-RAM cache was not needed
+    off = get_recipe("rae")(load_config("rae_demo", ["encoder.cache_tokens=false"]), "1")
+    off.attach(off.build())
+    assert off.prepare_feature_cache(u8.numpy(), tmp_path, torch.device("cpu"), progress=False) is None

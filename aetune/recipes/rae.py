@@ -17,10 +17,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from aetune.data.cache import to_model_range
+from aetune.data.feature_cache import FeatureCache, to_uint8
 from aetune.errors import AetuneError
 from aetune.losses import build_lpips, hinge_d_loss
 from aetune.losses.rae import quantize_fakes, rae_generator_objective
@@ -120,10 +122,40 @@ class RAERecipe(Recipe):
     def lpips(self) -> nn.Module | None:
         return self.perceptual if self.loss.lpips_pretrained else None
 
+    feature_cache: FeatureCache | None = None
+    """The shared on-disk cache of the training images' tokens (:meth:`prepare_feature_cache`), when prepared."""
+
+    def prepare_feature_cache(
+        self, images: np.ndarray, work_dir: Path, device: torch.device, progress: bool = True
+    ) -> FeatureCache | None:
+        """Build or load the encoder tokens of ``images`` (N, S, S, 3) uint8 in the shared frozen-feature cache
+        (float16 on disk, keyed by image content, encoder weights and settings); None if ``encoder.cache_tokens``
+        is off. Under DDP, call it on every rank at the same point (rank 0 builds, a barrier)."""
+        if not self.cfg.encoder.cache_tokens:
+            return None
+        model = self.rae
+        model.encoder.to(device)
+        size = images.shape[1]
+        settings = {"encoder": model.encoder.name, "input_size": model.encoder.input_size, "image_size": size}
+        self.feature_cache = FeatureCache.build_or_load(
+            work_dir, f"rae_tokens_{size}px", model.encoder, settings, images,
+            lambda u8: model.encode_tokens(to_model_range(u8)), device=device, progress=progress,
+        )  # fmt: skip
+        return self.feature_cache
+
+    def tokens(self, x: Tensor) -> Tensor:
+        """Raw tokens (B, C, g, g) of images in [-1, 1]: from the shared cache when it holds the whole batch, else
+        from the in-RAM token cache (each image encoded once per stage), else from the encoder."""
+        if self.feature_cache is not None:
+            cached = self.feature_cache.lookup(to_uint8(x))
+            if cached is not None:
+                return cached
+        if self.token_cache is not None:
+            return self.token_cache.tokens(x, self.rae.encode_tokens)
+        return self.rae.encode_tokens(x)
+
     def generator_step(self, x: Tensor, target: Tensor, ctx: StepContext) -> PhaseResult:
-        # (B, C, g, g) raw tokens; the frozen encoder has no gradient, and its tokens of an image never change
-        cache = self.token_cache
-        tokens = cache.tokens(x, self.rae.encode_tokens) if cache is not None else self.rae.encode_tokens(x)
+        tokens = self.tokens(x)  # (B, C, g, g) raw; the frozen encoder has no gradient
         noisy = self.rae.add_noise(tokens, ctx.generator) if self.loss.token_noise else tokens
         x_rec = self.rae.decode_tokens(noisy)  # (B, 3, S, S) in [-1, 1]
         logits_fake = None
