@@ -15,6 +15,7 @@ from pathlib import Path
 from aetune.cli import add_common_args, resolve_work_dir, run_main
 from aetune.data.prepared import DEFAULT_NAME
 from aetune.data.sources import add_source_args, prepare_other_source
+from aetune.data.volumes import add_volume_args
 from aetune.errors import AetuneError
 from aetune.paths import KAGGLE_INPUT
 
@@ -32,7 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default=DEFAULT_NAME, help="dataset name used in output file names ([A-Za-z0-9._-])")
     g = p.add_argument_group("built-in synthetic dataset")
     g.add_argument(
-        "--synthetic", choices=["microdoppler", "microdoppler_video"], help="generate a synthetic set, then prepare it"
+        "--synthetic",
+        choices=["microdoppler", "microdoppler_video", "phantoms"],
+        help="generate a synthetic set, then prepare it",
     )
     g.add_argument("--num_users", type=int, default=31)
     g.add_argument("--images_per_user", type=int, default=150)
@@ -40,8 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--no_progress", action="store_true", help="no progress bars (logs, CI)")
     add_source_args(p)
     v = p.add_argument_group("videos (--family taehv; docs/tiny.md)")
-    v.add_argument("--kind", choices=["image", "video"], default="image", help="video: video files or frame folders")
+    v.add_argument(
+        "--kind", choices=["image", "video", "volume"], default="image", help="video files / frame folders, volumes"
+    )
     v.add_argument("--min_frames", type=int, default=12, help="shortest accepted video, in frames")
+    add_volume_args(p)
     return p.parse_args(argv)
 
 
@@ -109,6 +115,11 @@ def main(args: argparse.Namespace) -> int:
             work_dir, args.data_root, synthetic, args.name, args.val_ratio, args.seed, args.min_frames,
             args.num_users, image_size=args.image_size, progress=not args.no_progress,
         )  # fmt: skip
+        return 0
+    if args.kind == "volume" or args.synthetic == "phantoms":
+        from aetune.data.volume_kind import prepare_volume_source
+
+        prepare_volume_source(args, work_dir)
         return 0
     if prepare_other_source(args, work_dir):  # paired LQ/GT folders, Hugging Face dataset folders
         return 0

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from aetune import metrics
 from aetune.data.cache import CachedImages, build_file_cache, load_images, to_model_range
 from aetune.data.prepared import PreparedData
+from aetune.data.volume_kind import axial_slices
 from aetune.errors import AetuneError
 from aetune.hub import WeightCorrupt, WeightsUnavailable
 from aetune.latent_stats import LatentStatistics, LatentStatsAccumulator
@@ -116,9 +117,11 @@ def evaluate_split(
     examples: dict[int, tuple[np.ndarray, ...]] = {}
     start = 0
     for *images, y in tqdm(DataLoader(dataset, batch_size=batch_size), desc=desc, unit="batch", disable=not progress):
-        x = to_model_range(images[0].to(device))  # (B, 3, S, S) uint8 -> [-1, 1]
+        x = images[0].to(device)
+        x = x.float() if x.is_floating_point() else to_model_range(x)  # uint8 -> [-1, 1]; volumes come as floats
         paired = len(images) == 2  # (input, target, label) items: restoration pairs
-        video = x.ndim == 5  # (B, T, 3, S, S) clips
+        volume = model.spatial_dims == 3  # (B, 1, D, H, W) volumes
+        video = x.ndim == 5 and not volume  # (B, T, 3, S, S) clips
         enc = model.encode(x)
         post = enc.latent_dist
         if stats_source == "sample":
@@ -132,9 +135,11 @@ def evaluate_split(
         if reconstruct:
             real = to_unit(to_model_range(images[1].to(device))) if paired else to_unit(x)
             fake = to_unit(model.decode(enc.latents).sample)
-            t_out = fake.shape[1] if video else 1  # output frame j reconstructs input frame j
+            t_out = fake.shape[1] if video else fake.shape[2] if volume else 1  # output frame j reconstructs input j
             if video:
                 real, fake = real[:, :t_out].flatten(0, 1), fake.flatten(0, 1)  # -> (B*T', 3, S, S)
+            if volume:  # scored per axial slice, then averaged per volume (MSE is then the volume's)
+                real, fake = axial_slices(real), axial_slices(fake)  # -> (B*D, 3, H, W)
             scores = {
                 "mse": metrics.mse(real, fake),
                 "psnr": metrics.psnr(real, fake, y_channel=False),
@@ -144,14 +149,14 @@ def evaluate_split(
             if lpips_model is not None:
                 scores["lpips"] = metrics.lpips_distance(lpips_model, real, fake)
             for name, value in scores.items():
-                value = value.view(-1, t_out).mean(1) if video else value  # per clip: the mean over its frames
+                value = value.view(-1, t_out).mean(1) if t_out > 1 else value  # per clip / volume: the mean
                 per_image.setdefault(name, []).append(value.double().cpu())
             if features is not None:
                 real_feats.append(features(real).double().cpu())
                 fake_feats.append(features(fake).double().cpu())
             for j in range(len(x)):
                 if start + j in keep:
-                    f = j * t_out  # a clip's first frame
+                    f = j * t_out + (t_out // 2 if volume else 0)  # a clip's first frame, a volume's middle slice
                     kept = (real[f], fake[f], to_unit(x[j])) if paired else (real[f], fake[f])
                     examples[start + j] = tuple(t.cpu().numpy() for t in kept)
         start += len(x)

@@ -183,13 +183,17 @@ class DiTEncoder(nn.Module):
             z = out.latents
         return self.normalize(z) if normalize else z
 
+    def _channels(self, stat: Tensor, z: Tensor) -> Tensor:
+        """(1, C, 1, 1) statistics shaped to broadcast over ``z``'s channels: (1, C, 1, ..., 1) (volumes: 3 dims)."""
+        return stat.reshape(1, -1, *([1] * (z.ndim - 2)))
+
     def normalize(self, z: Tensor) -> Tensor:
-        """Raw latents (B, C, h, w) -> per-channel standardised latents."""
-        return (z - self.latent_mean) / self.latent_std
+        """Raw latents (B, C, h, w) or (B, C, d, h, w) -> per-channel standardised latents."""
+        return (z - self._channels(self.latent_mean, z)) / self._channels(self.latent_std, z)
 
     def denormalize(self, z: Tensor) -> Tensor:
-        """Standardised latents (B, C, h, w) -> raw latents (what the autoencoder's decoder takes)."""
-        return z * self.latent_std + self.latent_mean
+        """Standardised latents (B, C, ...) -> raw latents (what the autoencoder's decoder takes)."""
+        return z * self._channels(self.latent_std, z) + self._channels(self.latent_mean, z)
 
     def forward(self, images: Tensor) -> Tensor:
         """``encode(images)``: posterior mean, not normalised."""
@@ -310,14 +314,21 @@ def export_for_dit(
 
 def dit_snippet(encoder_path: str | Path, image_size: int, latent_shape: tuple[int, ...] | list[int]) -> str:
     """Python a user pastes into their DiT training code to get latents from the exported encoder."""
-    c, h, w = latent_shape
+    c, *spatial = latent_shape
+    shape = ", ".join(map(str, [c, *spatial]))
+    inputs = (
+        "# images: volumes (B, 1, D, H, W) float32 in [-1, 1], transformed as data/dataset.json 'volume' records"
+        if len(spatial) == 3
+        else f"# images: (B, 3, {image_size}, {image_size}) float32 RGB in [-1, 1] (uint8 / 127.5 - 1); see "
+        "encoder.preprocessing"
+    )
     return f"""\
 import torch
 from aetune import load_encoder
 
 encoder = load_encoder("{encoder_path}", device="cuda" if torch.cuda.is_available() else "cpu")
-# images: (B, 3, {image_size}, {image_size}) float32 RGB in [-1, 1] (uint8 / 127.5 - 1); see encoder.preprocessing
-z = encoder.encode(images, normalize=True)  # (B, {c}, {h}, {w}), per-channel standardised: the DiT's input
+{inputs}
+z = encoder.encode(images, normalize=True)  # (B, {shape}), per-channel standardised: the DiT's input
 y = torch.tensor([encoder.labels[user] for user in users])  # class labels for the DiT's conditioning
 # after sampling: encoder.denormalize(z_generated) -> latents for the fine-tuned decoder
 # LightningDiT instead: point its tokenizer config's ckpt_path at the *_lightningdit.pt file and put

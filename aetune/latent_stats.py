@@ -7,6 +7,7 @@ so a whole split never has to sit in memory. The standard deviation is the unbia
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ class LatentStatistics:
     """
 
     num_images: int
-    latent_shape: tuple[int, int, int]
+    latent_shape: tuple[int, ...]
     source: str
     channel_mean: Tensor
     channel_std: Tensor
@@ -116,7 +117,7 @@ class LatentStatsAccumulator:
         self.source = source
         self.num_images = 0
         self._count = 0  # elements per channel seen so far
-        self._shape: tuple[int, int, int] | None = None
+        self._shape: tuple[int, ...] | None = None
         self._mean: Tensor | None = None
         self._m2: Tensor | None = None  # sum of squared deviations from the running mean, per channel
         self._min: Tensor | None = None
@@ -133,8 +134,8 @@ class LatentStatsAccumulator:
             posterior: the batch's posterior, for the per-channel KL and posterior std; None for
                 deterministic families. Must be given for every batch or for none.
         """
-        if latents.ndim != 4:
-            raise ValueError(f"latents must be (B, C, h, w), got {tuple(latents.shape)}")
+        if latents.ndim not in (4, 5):
+            raise ValueError(f"latents must be (B, C, h, w) or (B, C, d, h, w) (volumes), got {tuple(latents.shape)}")
         shape = tuple(latents.shape[1:])
         if self._shape is not None and shape != self._shape:
             raise ValueError(f"latent shape changed from {self._shape} to {shape} between batches")
@@ -164,8 +165,9 @@ class LatentStatsAccumulator:
                 t.detach().to("cpu", torch.float64)
                 for t in (posterior.mean, posterior.var, posterior.logvar, posterior.std)
             )
-            kl = 0.5 * (mu**2 + var - 1.0 - logvar).sum(dim=(0, 2, 3))  # (B, C, h, w) -> (C,)
-            std = std.sum(dim=(0, 2, 3))  # (B, C, h, w) -> (C,)
+            dims = (0, *range(2, mu.ndim))  # every dim but the channels
+            kl = 0.5 * (mu**2 + var - 1.0 - logvar).sum(dim=dims)  # (B, C, h, w) -> (C,)
+            std = std.sum(dim=dims)  # (B, C, h, w) -> (C,)
             self._kl = kl if self._kl is None else self._kl + kl
             self._post_std = std if self._post_std is None else self._post_std + std
 
@@ -186,7 +188,7 @@ class LatentStatsAccumulator:
         # All channels hold the same number of elements, so the pooled M2 is the sum of the channels'
         # M2 plus the spread of the channel means around the global mean.
         global_m2 = float(self._m2.sum() + self._count * ((self._mean - global_mean) ** 2).sum())
-        positions = self._shape[1] * self._shape[2]
+        positions = math.prod(self._shape[1:])
         return LatentStatistics(
             num_images=self.num_images,
             latent_shape=self._shape,

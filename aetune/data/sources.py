@@ -107,11 +107,12 @@ def prepare_other_source(args: argparse.Namespace, work_dir: Path) -> bool:
 
 
 def prepared_kind(work_dir: Path) -> str:
-    """The data kind of what step 3 prepared in ``work_dir``: ``pair`` for LQ/GT pairs, ``video``, else ``image``."""
+    """The data kind of what step 3 prepared in ``work_dir``: ``pair`` for LQ/GT pairs, ``video``, ``volume``, else
+    ``image``."""
     from aetune.data.paired import KIND
     from aetune.data.prepared import DATASET_FILE, data_dir
     from aetune.data.video import KIND as VIDEO
     from aetune.io import read_json
 
-    kinds = {KIND: "pair", VIDEO: "video"}  # dataset.json "kind" -> data kind (aetune.data.kinds)
+    kinds = {KIND: "pair", VIDEO: "video", "volume": "volume"}  # dataset.json "kind" -> data kind (aetune.data.kinds)
     return kinds.get(read_json(data_dir(work_dir) / DATASET_FILE).get("kind"), "image")

@@ -42,6 +42,14 @@ KIND = "volume"
 CACHE_SUBDIR = "cache/volumes"
 
 
+def axial_slices(v: Tensor) -> Tensor:
+    """Volumes (B, 1, D, H, W) -> grey slices (B * D, 3, H, W), channels repeated (what 2-D metrics take)."""
+    b, c, d, h, w = v.shape
+    if c != 1:
+        raise ValueError(f"validation slices single-channel volumes, got {c} channels")
+    return v.transpose(1, 2).reshape(b * d, 1, h, w).expand(-1, 3, -1, -1)  # (B, D, 1, H, W) -> (B*D, 3, H, W)
+
+
 def transformed_shape(record: VolumeRecord | dict[str, Any], transform: VolumeTransform) -> tuple[int, int, int]:
     """The (D, H, W) a volume has after ``transform`` (resampling keeps the field of view)."""
     get = record.get if isinstance(record, dict) else lambda k: getattr(record, k)
@@ -222,3 +230,41 @@ def volume_dataset(
 
 
 register_data_kind(KIND, prepare_volume_cache, volume_dataset)
+
+
+SYNTHETIC_DIRNAME = "synthetic_phantoms"
+
+
+def prepare_volume_source(args: Any, work_dir: Path) -> PrepareSummary:
+    """Step 3 with ``--kind volume`` or ``--synthetic phantoms``: (generate,) scan, split, write, print the table.
+
+    Raises:
+        AetuneError: no folder given, bad volume flags, or what ``prepare_volume_dataset`` raises.
+    """
+    from aetune.data.prepare import format_table
+    from aetune.data.synthetic.phantoms import generate_phantoms
+    from aetune.data.volumes import parse_triple, transform_from_args
+
+    transform = transform_from_args(args)
+    progress = not args.no_progress
+    if args.synthetic == "phantoms":
+        if args.data_root:
+            raise AetuneError("pass either --synthetic phantoms or --data_root, not both")
+        shape = parse_triple(args.phantom_shape, "--phantom_shape", int)
+        root = generate_phantoms(
+            work_dir / SYNTHETIC_DIRNAME, args.phantom_classes, args.phantoms_per_class, shape, seed=args.seed,
+            progress=progress,
+        )  # fmt: skip
+    elif args.data_root:
+        root = Path(args.data_root)
+    else:
+        raise AetuneError("--kind volume needs --data_root DIR (one folder per group, or a flat folder of volumes)")
+    summary = prepare_volume_dataset(root, work_dir, args.name, args.val_ratio, args.seed, transform, progress)
+    log.info("data root: %s", summary.data_root)
+    log.info(format_table(summary))
+    if summary.empty_users:
+        log.warning("excluded group folders with no usable volume: %s", ", ".join(summary.empty_users))
+    if summary.rejected:
+        log.warning("%d files rejected, with reasons, in data/dataset.json", summary.rejected)
+    log.info("wrote %s/data/{labels,dataset,split}.json" if summary.changed else "%s/data is up to date", work_dir)
+    return summary

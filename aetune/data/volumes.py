@@ -21,6 +21,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -347,3 +348,40 @@ class VolumeTransform:
         data = resample_to_spacing(vol.data, vol.spacing, self.spacing) if self.spacing else vol.data
         data = normalize_intensity(data, self.percentiles)
         return crop_or_pad(data, self.shape) if self.shape else data
+
+
+def parse_triple(text: str, flag: str, cast: type) -> tuple:
+    """``"1,1,2"`` -> three positive ``cast`` numbers; one error line naming ``flag`` otherwise."""
+    try:
+        values = tuple(cast(v) for v in text.split(","))
+    except ValueError:
+        raise AetuneError(f"{flag} takes three comma-separated numbers, got '{text}'") from None
+    if len(values) != 3 or min(values) <= 0:
+        raise AetuneError(f"{flag} takes three positive numbers, got '{text}'")
+    return values
+
+
+def add_volume_args(p: Any) -> None:
+    """Step 3's volume flags (``--kind volume``, ``--synthetic phantoms``) on an ``argparse`` parser."""
+    g = p.add_argument_group("volumes (--family kl3d; docs/kl3d.md)")
+    g.add_argument("--volume_spacing", help="resample to this voxel size, e.g. 1,1,2 (file units, usually mm)")
+    g.add_argument("--volume_shape", help="then centre-crop / pad to D,H,W (needed when shapes differ)")
+    g.add_argument("--volume_percentiles", default="0.5,99.5", help="intensity clip percentiles mapped to [-1, 1]")
+    g.add_argument("--phantom_shape", default="32,32,32", help="--synthetic phantoms: voxels per axis")
+    g.add_argument("--phantom_classes", type=int, default=2, help="--synthetic phantoms: classes (k lesions)")
+    g.add_argument("--phantoms_per_class", type=int, default=16, help="--synthetic phantoms: volumes per class")
+
+
+def transform_from_args(args: Any) -> VolumeTransform:
+    """The ``VolumeTransform`` step 3's volume flags ask for (one error line per bad flag)."""
+    try:
+        low, high = (float(v) for v in args.volume_percentiles.split(","))
+    except ValueError:
+        low = high = -1.0
+    if not 0.0 <= low < high <= 100.0:
+        raise AetuneError(
+            f"--volume_percentiles takes LOW,HIGH with 0 <= LOW < HIGH <= 100, got '{args.volume_percentiles}'"
+        )
+    spacing = parse_triple(args.volume_spacing, "--volume_spacing", float) if args.volume_spacing else None
+    shape = parse_triple(args.volume_shape, "--volume_shape", int) if args.volume_shape else None
+    return VolumeTransform((low, high), spacing, shape)

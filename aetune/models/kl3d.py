@@ -1,8 +1,11 @@
 """``kl3d``: MONAI's 3-D ``AutoencoderKL`` (the first stage of a 3-D latent diffusion model) behind our interface.
 
-The network is ``monai.networks.nets.AutoencoderKL(spatial_dims=3, ...)``, held as ``self.net`` and never
-re-implemented here: its state-dict keys are MONAI's with a ``net.`` prefix. MONAI is imported when a model is
-built, not when this module is imported, so ``aetune`` imports (and lists ``kl3d``) without MONAI installed.
+The network is ``monai.networks.nets.AutoencoderKL(spatial_dims=3, ...)``: its five parts (``encoder``,
+``quant_conv_mu``, ``quant_conv_log_sigma``, ``post_quant_conv``, ``decoder``) become this model's children under
+the same names, so the state-dict keys are MONAI's and a MONAI checkpoint loads as it is. ``encode`` and
+``decode`` are MONAI's few lines of glue between them (activation checkpointing, the log-variance clamp), checked
+against MONAI's own methods bit for bit (``tests/test_kl3d.py``). MONAI is imported when a model is built, not
+when this module is imported, so ``aetune`` imports (and lists ``kl3d``) without MONAI installed.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from aetune.models.base import Autoencoder, FamilyConfig, ModelConfigError
+from aetune.models.base import Autoencoder, FamilyConfig, ModelConfigError, run_block
 from aetune.models.outputs import DecoderOutput, DiagonalGaussian, EncoderOutput
 from aetune.models.registry import register_family
 from aetune.optional import require
@@ -67,13 +70,15 @@ class KL3DAutoencoder(Autoencoder):
     """Volumes (B, C, D, H, W) in [-1, 1] -> diagonal Gaussian over (B, latent_channels, D/f, H/f, W/f) -> volumes."""
 
     spatial_dims = 3
+    encoder_modules = ("encoder", "quant_conv_mu", "quant_conv_log_sigma")
+    """What maps volumes to the posterior (``aetune.export``: the encoder export)."""
 
     def __init__(self, config: KL3DConfig) -> None:
         super().__init__(config)
         c = config
         nets = require("monai.networks.nets", "--family kl3d")
         require("einops", "--family kl3d: MONAI's attention blocks")  # MONAI imports it lazily, with a long message
-        self.net: nn.Module = nets.AutoencoderKL(
+        net = nets.AutoencoderKL(
             spatial_dims=3,
             in_channels=c.in_channels,
             out_channels=c.in_channels,
@@ -85,9 +90,11 @@ class KL3DAutoencoder(Autoencoder):
             norm_eps=c.norm_eps,
             with_encoder_nonlocal_attn=c.with_encoder_nonlocal_attn,
             with_decoder_nonlocal_attn=c.with_decoder_nonlocal_attn,
-            use_checkpoint=c.use_checkpoint,
             use_flash_attention=c.use_flash_attention,
         )
+        for name in (*self.encoder_modules, "post_quant_conv", "decoder"):
+            setattr(self, name, getattr(net, name))  # MONAI's modules, MONAI's key names
+        self.use_checkpoint = c.use_checkpoint
         self.in_channels = c.in_channels
         self.latent_channels = c.latent_channels
         self.downsample_factor = 2 ** (len(c.channels) - 1)
@@ -99,11 +106,10 @@ class KL3DAutoencoder(Autoencoder):
             ValueError: wrong shape, or D, H, W not multiples of ``downsample_factor``.
         """
         self.check_images(x)
-        z_mu, z_sigma = self.net.encode(x)  # 2 x (B, L, d, h, w)
-        # MONAI returns sigma = exp(clamp(logvar, -30, 20) / 2), the same clamp as DiagonalGaussian's, so
-        # 2 log(sigma) is that log-variance again (to float rounding) and the re-clamp changes nothing.
-        logvar = 2.0 * torch.log(z_sigma)
-        posterior = DiagonalGaussian(torch.cat([z_mu, logvar], dim=1))  # (B, 2L, d, h, w)
+        h = self._run(self.encoder, x)  # (B, L, d, h, w)
+        # MONAI's encode: z_mu and z_log_var from two 1x1x1 convolutions, the log-variance clamped to [-30, 20]
+        # (DiagonalGaussian applies that same clamp), sigma = exp(logvar / 2).
+        posterior = DiagonalGaussian(torch.cat([self.quant_conv_mu(h), self.quant_conv_log_sigma(h)], dim=1))
         return EncoderOutput(latent_dist=posterior, latents=posterior.mode())
 
     def decode(self, z: Tensor) -> DecoderOutput:
@@ -112,11 +118,15 @@ class KL3DAutoencoder(Autoencoder):
             raise ValueError(
                 f"{self.family} decodes latents (B, {self.latent_channels}, d, h, w), got {tuple(z.shape)}"
             )
-        return DecoderOutput(sample=self.net.decode(z))
+        return DecoderOutput(sample=self._run(self.decoder, self.post_quant_conv(z)))
+
+    def _run(self, module: nn.Module, h: Tensor) -> Tensor:
+        """``module(h)``, recomputed in backward when checkpointing (MONAI's ``use_checkpoint``)."""
+        return run_block(module, h, self.use_checkpoint)
 
     @property
     def gan_last_layer(self) -> nn.Parameter:
-        return self.net.decoder.blocks[-1].conv.weight  # MONAI Convolution(conv_only=True) wraps an nn.Conv3d
+        return self.decoder.blocks[-1].conv.weight  # MONAI Convolution(conv_only=True) wraps an nn.Conv3d
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
-        self.net.use_checkpoint = enabled
+        self.use_checkpoint = enabled

@@ -14,18 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from aetune.data.volume_kind import axial_slices
 from aetune.models import Autoencoder, create_autoencoder
 from aetune.models.kl3d_losses import PatchDiscriminator3D, build_perceptual_3d
 from aetune.optional import require
 from aetune.recipes.base import Networks, PhaseResult, Recipe, StepContext, frozen
-
-
-def axial_slices(v: Tensor) -> Tensor:
-    """Volumes (B, 1, D, H, W) -> grey slices (B * D, 3, H, W), channels repeated (what 2-D metrics take)."""
-    b, c, d, h, w = v.shape
-    if c != 1:
-        raise ValueError(f"validation slices single-channel volumes, got {c} channels")
-    return v.transpose(1, 2).reshape(b * d, 1, h, w).expand(-1, 3, -1, -1)  # (B, D, 1, H, W) -> (B*D, 3, H, W)
 
 
 class KL3DRecipe(Recipe):
