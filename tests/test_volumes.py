@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 nib = pytest.importorskip("nibabel")
 
@@ -182,3 +186,50 @@ def test_phantoms_as_npy(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(phantom_path(out, 0, 0, "npy")), render_phantom(0, 0, (8, 8, 8)))
     with pytest.raises(InvalidArgument, match="file_format must be one of nii.gz, npy"):
         generate_phantoms(tmp_path / "x", file_format="mha")
+
+
+def test_volume_kind_serves_the_stage_resolution_from_ram_and_file(tmp_path: Path) -> None:
+    from aetune.data.prepared import load_prepared
+    from aetune.data.volume_kind import prepare_volume_cache, prepare_volume_dataset, stage_shape, volume_dataset
+
+    root = generate_phantoms(tmp_path / "p", 2, 3, (20, 20, 12), file_format="npy", progress=False)
+    work = tmp_path / "work"
+    summary = prepare_volume_dataset(root, work, "ph", 0.3, transform=VolumeTransform(shape=(16, 16, 8)))
+    assert [r[0] for r in summary.rows] == ["class_0", "class_1"] and summary.rejected == 1  # phantoms.json
+    doc = json.loads((work / "data" / "dataset.json").read_text())
+    assert doc["kind"] == "volume" and doc["volume"]["shape"] == [16, 16, 8]
+    assert doc["volume"]["transform"] == {"percentiles": [0.5, 99.5], "spacing": None, "shape": [16, 16, 8]}
+    prepared = load_prepared(work)
+    assert stage_shape((256, 256, 64), 128) == (128, 128, 32)
+    ram = volume_dataset(prepared, "train", 16, "ram", work, False)
+    x, label = ram[0]
+    assert x.shape == (1, 16, 16, 8) and x.dtype == torch.float16 and label == prepared.train[0].label
+    assert volume_dataset(prepared, "train", 8, "ram", work, False)[0][0].shape == (1, 8, 8, 4)
+    with pytest.raises(AetuneError, match="cached volumes are missing"):
+        volume_dataset(prepared, "train", 16, "file", work, False)
+    prepare_volume_cache(prepared, "train", 16, work, False)
+    cached = volume_dataset(prepared, "train", 16, "file", work, False)
+    assert all(torch.equal(cached[i][0], ram[i][0]) for i in range(len(ram)))
+
+
+def test_volumes_of_several_shapes_need_a_target_shape(tmp_path: Path) -> None:
+    from aetune.data.volume_kind import prepare_volume_dataset
+
+    save_npy(tmp_path / "d" / "g" / "a.npy", blob((16, 16, 12)))
+    save_npy(tmp_path / "d" / "g" / "b.npy", blob((16, 16, 10), seed=1))
+    with pytest.raises(AetuneError, match=r"2 shapes after resampling .* pass --volume_shape D,H,W"):
+        prepare_volume_dataset(tmp_path / "d", tmp_path / "w", "x", 0.3, progress=False)
+    assert not (tmp_path / "w" / "data").exists()
+
+
+def test_step3_synthetic_phantoms(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, str(root / "step3_prepare_dataset.py"), "--synthetic", "phantoms", "--output_dir",
+           str(tmp_path), "--phantom_shape", "16,16,8", "--phantoms_per_class", "3", "--volume_spacing", "1,1,0.5",
+           "--name", "ph", "--val_ratio", "0.3", "--no_progress"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = json.loads((tmp_path / "data" / "dataset.json").read_text())
+    assert doc["volume"]["shape"] == [16, 16, 16] and doc["num_images"] == 6  # 8 slices of 1 -> 16 of 0.5
+    bad = subprocess.run([*cmd, "--volume_percentiles", "99,1"], capture_output=True, text=True, cwd=root, timeout=300)
+    assert bad.returncode == 2 and "error: --volume_percentiles takes LOW,HIGH" in bad.stderr
