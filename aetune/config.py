@@ -13,6 +13,7 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ class ModelConfig:
     """Which autoencoder, and how much of it trains."""
 
     family: str = "vavae"  # registered family name (aetune.list_families())
+    task: str = "reconstruction"  # or a registered task (register_task): "restoration" trains LQ -> GT pairs
     args: dict[str, Any] = field(default_factory=dict)  # constructor overrides, checked by its signature
     freeze_encoder_levels: int = field(default=0, metadata=bounds(0, 64))  # seed: 3-4 of 5 levels for ~5k images
     gradient_checkpointing: bool = False  # trades ~30 % speed for activation memory (T4 16 GB)
@@ -169,13 +171,26 @@ def register_schema(
     return schema
 
 
-def family_schema(family: str) -> FamilySchema:
-    """The registered schema of ``family``; one error line naming the closest family otherwise."""
+_TASKS: dict[str, Callable[[FamilySchema], FamilySchema]] = {}
+RECONSTRUCTION = "reconstruction"
+
+
+def register_task(task: str, compose: Callable[[FamilySchema], FamilySchema]) -> None:
+    """Register a task (``model.task``): ``compose`` turns a family's schema into the task's (its sections)."""
+    _TASKS[task] = compose
+
+
+def family_schema(family: str, task: str = RECONSTRUCTION) -> FamilySchema:
+    """The registered schema of ``family`` (for ``task``); one error line naming the closest name otherwise."""
     import aetune.options  # noqa: F401  (registers the built-in families' sections; torch-free)
 
     if family not in _SCHEMAS:
         raise AetuneError(f"unknown model.family '{family}'" + _suggest(family, sorted(_SCHEMAS)))
-    return _SCHEMAS[family]
+    if task == RECONSTRUCTION:
+        return _SCHEMAS[family]
+    if task not in _TASKS:
+        raise AetuneError(f"unknown model.task '{task}'" + _suggest(task, [RECONSTRUCTION, *sorted(_TASKS)]))
+    return _TASKS[task](_SCHEMAS[family])
 
 
 def schema_families() -> list[str]:
@@ -209,7 +224,7 @@ class Config:
     @property
     def schema(self) -> FamilySchema:
         """The family's registered schema."""
-        return family_schema(self.model.family)
+        return family_schema(self.model.family, self.model.task)
 
     def stage_loss(self, stage: str) -> Any:
         """The loss options in force during ``stage``: ``loss`` with the stage's overrides applied."""
@@ -353,7 +368,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
 def _build_config(data: dict[str, Any]) -> Config:
     """A ``Config``: common sections, then the sections of the family that ``model.family`` names."""
     model = _build(ModelConfig, data.get("model") or {}, "model")
-    schema = family_schema(model.family)
+    schema = family_schema(model.family, model.task)
     valid = [*COMMON_SECTIONS, *schema.sections]
     for key in data:
         if key not in valid:

@@ -10,7 +10,6 @@ from torch import nn
 
 from aetune.train.amp import WindowMixedPrecision, update_scaler
 
-
 X = torch.tensor([[1 / 64, 1 / 32, 1 / 16, 1 / 8]])
 """Powers of two: exact in fp16 at any loss scale."""
 

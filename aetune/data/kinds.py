@@ -61,6 +61,5 @@ def _image_dataset(
 
 register_data_kind("image", build_file_cache, _image_dataset)
 
-from aetune.data import pair_kind  # noqa: E402, F401  (registers "pair")
-from aetune.data import volume_kind  # noqa: E402, F401  (registers "volume")
-from aetune.data import video_kind  # noqa: E402, F401  (registers "video")
+# The other kinds register themselves on import (they use register_data_kind above).
+from aetune.data import pair_kind, video_kind, volume_kind  # noqa: E402, F401

@@ -174,6 +174,11 @@ def load_prepared(work_dir: str | Path, data_root: str | Path | None = None) -> 
     if problem is not None:
         fname, what = problem
         raise AetuneError(f"{d / fname} {what}: {_regenerate(work_dir, dataset, split)}")
+    if dataset.get("kind") in ("paired", "hf"):  # LQ/GT pairs (val:// under --val_root), dataset rows (hf://)
+        from aetune.data.hf_source import load_hf_prepared
+        from aetune.data.paired import load_paired
+
+        return (load_paired if dataset["kind"] == "paired" else load_hf_prepared)(work_dir, data_root)
     by_rel = {a["relpath"]: Sample(a["relpath"], a["user"], a["label"]) for a in dataset["accepted"]}
     root = Path(data_root).expanduser().resolve() if data_root else Path(dataset["data_root"])
     prepared = PreparedData(

@@ -1,12 +1,10 @@
 """Autoencoder families, their discriminator and frozen teachers, and strict weight loading.
 
-Importing this package registers the built-in families (``kl``, ``vavae``).
+Importing this package registers the built-in families.
 """
 
-from aetune.models import kl, vavae  # noqa: F401  (registers the families)
-from aetune.models import taehv, taesd  # noqa: F401  (registers the tiny families)
-from aetune.models import kl3d  # noqa: F401  (registers kl3d; MONAI is imported only when a model is built)
-from aetune.models import rae  # noqa: F401  (registers rae; transformers is imported only when a model is built)
+# Importing a family's module registers it; MONAI (kl3d) and transformers (rae) load only when a model is built.
+from aetune.models import kl, kl3d, rae, taehv, taesd, vavae  # noqa: F401
 from aetune.models.base import Autoencoder, FamilyConfig, ModelConfigError
 from aetune.models.discriminator import NLayerDiscriminator
 from aetune.models.foundation import NORMALIZATIONS, FrozenTeacher

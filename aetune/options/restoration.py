@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from aetune.config import FamilySchema, bounds
+from aetune.config import FamilySchema, bounds, register_task
 from aetune.options.autoencoders import DiscriminatorConfig
 
 TASK = "restoration"
@@ -51,3 +51,6 @@ def restoration_schema(base: FamilySchema) -> FamilySchema:
     tiny = {k: v for k, v in base.tiny.items() if k not in ("loss", "teacher")}
     tiny["loss"] = {"lpips_weight": 0.0, "lpips_pretrained": False, "ssim_weight": 1.0, "disc_start": 0}
     return replace(base, sections=sections, data_kind=DATA_KIND, default_preset=TASK, tiny=tiny)
+
+
+register_task(TASK, restoration_schema)

@@ -22,8 +22,21 @@ def register_recipe(family: str, cls: type[Recipe]) -> type[Recipe]:
     return cls
 
 
-def get_recipe(family: str) -> type[Recipe]:
-    """The recipe class of ``family``; one error line listing the trainable families otherwise."""
+_TASK_RECIPES: dict[str, type[Recipe]] = {}
+
+
+def register_task_recipe(task: str, cls: type[Recipe]) -> type[Recipe]:
+    """Register ``cls`` as the recipe of ``task`` for every family (``model.task``)."""
+    _TASK_RECIPES[task] = cls
+    return cls
+
+
+def get_recipe(family: str, task: str = "reconstruction") -> type[Recipe]:
+    """The recipe class of ``family`` (or of ``task``); one error line listing the trainable families otherwise."""
+    if task != "reconstruction":
+        if task not in _TASK_RECIPES:
+            raise AetuneError(f"task '{task}' has no training recipe; tasks: {', '.join(sorted(_TASK_RECIPES))}")
+        return _TASK_RECIPES[task]
     if family not in _RECIPES:
         raise AetuneError(f"family '{family}' has no training recipe; trainable: {', '.join(list_recipes())}")
     return _RECIPES[family]
@@ -48,6 +61,10 @@ register_recipe("taehv", tiny.VideoTinyRecipe)
 from aetune.recipes import kl3d  # noqa: E402
 
 register_recipe("kl3d", kl3d.KL3DRecipe)
+
+from aetune.recipes import restoration  # noqa: E402
+
+register_task_recipe("restoration", restoration.RestorationRecipe)
 
 __all__ = [
     "Networks",

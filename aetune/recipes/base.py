@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from aetune import metrics
 from aetune.config import Config
 from aetune.models import Autoencoder
 
@@ -175,6 +176,23 @@ class Recipe:
     def reconstruct(self, autoencoder: Autoencoder, x: Tensor) -> Tensor:
         """Deterministic reconstruction for validation: ``x`` in [-1, 1] -> output in [-1, 1] (float32)."""
         return autoencoder(x).float().clamp(-1.0, 1.0)
+
+    def validation_values(
+        self, target: Tensor, output: Tensor, labels: Tensor | None, names: dict[int, str]
+    ) -> dict[str, Tensor]:
+        """Per-image validation metrics, logged as ``val/<key>`` (epoch means over the images of each key).
+
+        Args:
+            target: (B, C, ...) in [0, 1]; output: the reconstruction, same shape and range.
+            labels: (B,) the items' integer labels; names: label -> user / class / degradation name.
+
+        Returns:
+            key -> (N,) values: PSNR, SSIM on the Y channel and, with trustworthy weights, LPIPS.
+        """
+        values = {"psnr": metrics.psnr(target, output), "ssim": metrics.ssim(target, output, y_channel=True)}
+        if self.lpips is not None:
+            values["lpips"] = metrics.lpips_distance(self.lpips, target, output)
+        return values
 
     @property
     def lpips(self) -> nn.Module | None:

@@ -21,7 +21,6 @@ from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from aetune import metrics
 from aetune.config import Config
 from aetune.errors import AetuneError
 from aetune.models import Autoencoder
@@ -52,7 +51,7 @@ class AutoencoderModule(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.cfg, self.stage, self.total_batches, self.learning_rate = cfg, stage, total_batches, learning_rate
-        self.recipe = get_recipe(cfg.model.family)(cfg, stage)
+        self.recipe = get_recipe(cfg.model.family, cfg.model.task)(cfg, stage)
         with torch.random.fork_rng(devices=[]):
             # Frozen networks are not checkpointed: a random one (demo, tests) must come out the same in every
             # stage and session, so the networks get their own fixed seed.
@@ -254,16 +253,16 @@ class AutoencoderModule(pl.LightningModule):
         x, target = self._inputs(batch)
         rec = self.recipe.reconstruct(self.eval_autoencoder, x)
         a, b = (target.float() + 1.0) / 2.0, (rec + 1.0) / 2.0  # [-1, 1] -> [0, 1]
-        values = {"val/psnr": metrics.psnr(a, b), "val/ssim": metrics.ssim(a, b, y_channel=True)}
-        if self.recipe.lpips is not None:
-            values["val/lpips"] = metrics.lpips_distance(self.recipe.lpips, a, b)
+        names = {label: name for name, label in self.meta.get("labels", {}).items()}
+        labels = batch[-1] if isinstance(batch, (list, tuple)) else None  # every data kind's items end in the label
+        values = {f"val/{k}": v for k, v in self.recipe.validation_values(a, b, labels, names).items()}
         for k, v in values.items():
             self.log(
                 k,
                 v.mean(),
                 on_step=False,
                 on_epoch=True,
-                batch_size=x.shape[0],
+                batch_size=len(v),  # per-type keys: the epoch mean is over that type's images
                 sync_dist=True,
                 prog_bar=k == "val/psnr",
             )
