@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from aetune.data.volume_kind import axial_slices
 from aetune.models import Autoencoder, create_autoencoder
+from aetune.models.kl3d import KL3DConfig
 from aetune.models.kl3d_losses import PatchDiscriminator3D, build_perceptual_3d
 from aetune.optional import require
 from aetune.recipes.base import Networks, PhaseResult, Recipe, StepContext, frozen
@@ -36,12 +37,16 @@ class KL3DRecipe(Recipe):
         cfg = self.cfg
         autoencoder = create_autoencoder(cfg.model.family, **cfg.model.args)
         autoencoder.set_gradient_checkpointing(cfg.model.gradient_checkpointing)
-        d = cfg.discriminator
-        disc = PatchDiscriminator3D(autoencoder.in_channels, d.num_layers_d, d.channels, d.norm)
+        disc = self.build_discriminator()
         nets: dict[str, nn.Module] = {}
         if self.loss.perceptual_weight > 0:
             nets["perceptual"] = build_perceptual_3d(self.loss.fake_3d_ratio, self.loss.perceptual_pretrained)
         return Networks(autoencoder, disc, nets)
+
+    def build_discriminator(self) -> PatchDiscriminator3D:
+        d = self.cfg.discriminator
+        in_channels = KL3DConfig(**self.cfg.model.args).in_channels  # the volumes' channels, one default
+        return PatchDiscriminator3D(in_channels, d.num_layers_d, d.channels, d.norm)
 
     def phase_active(self, phase: str, batch: int) -> bool:
         """The adversarial term and D updates are on from ``disc_start`` (-1 or weight 0: never)."""
