@@ -119,7 +119,7 @@ def test_last_layer_and_checkpointing_give_the_same_gradients() -> None:
     model = tiny()
     assert model.gan_last_layer is model.decoder.blocks[-1].conv.weight
     assert model.gan_last_layer.shape == (1, 8, 3, 3, 3)
-    x = volumes(batch=1)
+    x = volumes(batch=1, size=8)
 
     def grads() -> list[torch.Tensor]:
         model.zero_grad()
