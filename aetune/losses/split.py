@@ -55,8 +55,8 @@ class Cut:
     graph above). Backward calls stop at ``leaf``; ``leaf.grad`` holds what they gathered, carried into ``source``.
     """
 
-    source: Tensor | None = None
-    leaf: Tensor | None = None
+    source: Tensor
+    leaf: Tensor
 
     @classmethod
     def of(cls, source: Tensor) -> Cut:
@@ -65,7 +65,6 @@ class Cut:
 
     def carry(self, grad: Tensor) -> Tensor:
         """A surrogate loss whose gradient at ``source`` is ``grad`` (float32 0-dim, value 0)."""
-        assert self.source is not None
         return _Carry.apply(self.source, grad)
 
 
@@ -113,7 +112,6 @@ class SplitObjective:
 
 def _vjp(cut: Cut, grad: Tensor, layer: nn.Parameter) -> Tensor:
     """The gradient at ``layer`` of a loss whose gradient at ``cut.source`` is ``grad`` (graph kept)."""
-    assert cut.source is not None
     (g,) = torch.autograd.grad(cut.source, layer, grad_outputs=grad.to(cut.source.dtype), retain_graph=True)
     return g
 
@@ -126,7 +124,6 @@ def split_backward(obj: SplitObjective, backward: Backward) -> None:
     skipped it (a non-finite nll marks the window bad: its gradients are dropped anyway).
     """
     t, w, cut = obj.terms, obj.weights, obj.cut
-    assert cut.leaf is not None
     probe = torch.zeros((), device=t["nll"].device, requires_grad=True)
     backward(t["nll"] + probe)  # LPIPS (and, cut at z, the decoder): the only time
     if probe.grad is None or cut.leaf.grad is None:
