@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -112,6 +114,12 @@ class Recipe:
     def build_discriminator(self) -> nn.Module | None:
         """The stage's discriminator alone (random weights), or None: ``build`` uses it, and the disk budget
         sizes checkpoints with it on the meta device."""
+        return None
+
+    def prepare_feature_cache(self, images: np.ndarray, work_dir: Path, device: torch.device, progress: bool) -> Any:
+        """Build or load the frozen-network outputs of the training images (``aetune.data.feature_cache``) and
+        use them from now on; the module calls it once per stage on every rank, when the data kind serves a uint8
+        image array ``images`` (N, S, S, 3). Default: no cache (None)."""
         return None
 
     def attach(self, nets: Networks) -> None:

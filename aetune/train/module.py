@@ -13,8 +13,10 @@ checkpoints.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
@@ -85,6 +87,7 @@ class AutoencoderModule(pl.LightningModule):
         self._fid_on = False
         self.validation_extras: dict[str, Any] = {}  # non-metric facts of the last validation (rFID note)
         self._window_grads: dict[str, Tensor] = {}  # a resumed open window's gradients, until on_train_start
+        self.work_dir: Path | None = None  # set by the runner: where the frozen-feature cache lives
 
     @property
     def eval_autoencoder(self) -> Autoencoder:
@@ -341,6 +344,14 @@ class AutoencoderModule(pl.LightningModule):
             self._pending, self._bad = dict(window["pending"]), dict(window["bad"])
             self._window_grads = window["grads"]
         set_rng_state(meta["rng"])
+
+    def on_fit_start(self) -> None:
+        """Let the recipe cache its frozen networks' outputs for the training images (every rank, same point)."""
+        train_set = getattr(self.trainer.datamodule, "train_set", None)
+        images = getattr(train_set, "images", None)
+        if self.work_dir is not None and isinstance(images, np.ndarray):
+            show = self.trainer.is_global_zero and self.trainer.progress_bar_callback is not None
+            self.recipe.prepare_feature_cache(images, self.work_dir, self.device, show)
 
     def on_train_start(self) -> None:
         """Put a saved window's gradients back (here: the Trainer zeroes all gradients after restoring)."""

@@ -447,6 +447,7 @@ def run_stage(
 
     notes = {"stage": stage, **module.recipe.notes()}
     module.fid = build_rfid(cfg, req.work_dir)
+    module.work_dir = req.work_dir
     gate = HealthGate(
         cfg.train.health_batch, cfg.train.health_min_psnr, lr=lr, weights=loss_weights(module.recipe.loss)
     )
