@@ -40,7 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--latent_source", choices=["mode", "sample"], default="mode", help="latents the statistics describe"
     )
     p.add_argument(
-        "--export_source", choices=["sample", "mode"], default="sample", help="latents stored by --export_latents"
+        "--export_source",
+        choices=["sample", "mode"],
+        help="latents stored by --export_latents (default: sample, or mode without a posterior)",
     )
     p.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")

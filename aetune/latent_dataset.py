@@ -99,7 +99,7 @@ def write_latent_dataset(
     samples: Sequence[Sample],
     *,
     splits: Sequence[str],
-    source: str = DEFAULT_SOURCE,
+    source: str | None = None,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     seed: int = 0,
@@ -115,7 +115,8 @@ def write_latent_dataset(
         dataset: items ``(image (3, S, S) uint8, label)`` at the training size (``Evaluator.dataset``).
         samples: the image behind each item, in order (for the index).
         splits: the split of each item (``"train"`` / ``"val"``), in order.
-        source: ``"sample"`` (LightningDiT's choice) or ``"mode"`` (the posterior mean).
+        source: ``"sample"`` (LightningDiT's choice), ``"mode"`` (the posterior mean), or None: ``sample`` for
+            families with a posterior, ``mode`` (their deterministic latents) for the others (RAE, tiny).
         batch_size: images per forward pass.
         device: where the model runs.
         seed: seeds the posterior samples (a re-run writes the same latents).
@@ -126,13 +127,16 @@ def write_latent_dataset(
     Raises:
         AetuneError: unknown source, a deterministic family asked for samples, or no images.
     """
-    if source not in LATENT_SOURCES:
+    if source is not None and source not in LATENT_SOURCES:
         raise AetuneError(f"latent source must be one of {', '.join(LATENT_SOURCES)}, got '{source}'")
     if len(dataset) == 0 or len(samples) != len(dataset) or len(splits) != len(dataset):  # type: ignore[arg-type]
         raise AetuneError(f"no images to export (dataset {len(dataset)}, samples {len(samples)})")  # type: ignore[arg-type]
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     model.eval().to(device)
+    if source is None:  # LightningDiT's posterior samples where there is a posterior, else the latents themselves
+        first = to_model_range(dataset[0][0][None].to(device))  # type: ignore[index]
+        source = DEFAULT_SOURCE if model.encode(first).latent_dist is not None else "mode"
     generator = torch.Generator(device=device).manual_seed(seed)
     acc = LatentStatsAccumulator(source)
     shards: list[Path] = []
