@@ -182,11 +182,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one configuration in this process; returns its row (status ok or oom)."""
     import torch
 
-    from aetune.config import load_config
+    from aetune.config import family_schema, load_config
     from aetune.recipes import StepContext, get_recipe
 
-    base = load_config(spec["config"] or spec["family"], [f"model.family={spec['family']}"])
-    cfg = load_config(spec["config"] or spec["family"], [f"model.family={spec['family']}", *_overrides(spec, base)])
+    preset = spec["config"] or family_schema(spec["family"]).default_preset
+    base = load_config(preset)
+    if base.model.family != spec["family"]:
+        raise AetuneError(f"--config {preset} is a {base.model.family} preset, not {spec['family']}")
+    cfg = load_config(preset, _overrides(spec, base))
     cuda = spec["device"] == "cuda" or (spec["device"] == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if cuda else "cpu")
     dtype = None
@@ -211,13 +214,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         ctx = StepContext(step_batch, torch.Generator(device=device).manual_seed(0))
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             g = recipe.generator_step(x, target, ctx)
-        scaler.scale(g.total).backward()
+        recipe.backward("g", g, lambda loss: scaler.scale(loss).backward())  # the recipe may split it, as step 4
         scaler.step(opts["g"])
         opts["g"].zero_grad(set_to_none=True)
         if "d" in opts and recipe.phase_active("d", step_batch):
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 d = recipe.discriminator_step(x, target, g, ctx)
-            scaler.scale(d.total).backward()
+            recipe.backward("d", d, lambda loss: scaler.scale(loss).backward())
             scaler.step(opts["d"])
             opts["d"].zero_grad(set_to_none=True)
         scaler.update()
