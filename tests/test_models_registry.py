@@ -37,7 +37,9 @@ def tiny(name: str) -> Autoencoder:
 
 
 def images(model: Autoencoder, size: int = 32, batch: int = 2) -> torch.Tensor:
-    return torch.rand(batch, model.in_channels, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    """Random inputs in [-1, 1]: (B, C, S, S) for image families, (B, C, S, S, S) for volume families."""
+    shape = (batch, model.in_channels, *(size,) * model.spatial_dims)
+    return torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
 
 
 def test_builtin_families_and_package_exports() -> None:
@@ -64,7 +66,7 @@ def test_encode_decode_shapes_and_posterior(name: str) -> None:
     f, c = model.downsample_factor, model.latent_channels
     with torch.no_grad():
         enc = model.encode(x)
-        assert enc.latents.shape == (2, c, 32 // f, 32 // f)
+        assert enc.latents.shape == (2, c, *(32 // f,) * model.spatial_dims)
         out = model.decode(enc.latents)
     assert out.sample.shape == x.shape
     post = enc.latent_dist
@@ -79,20 +81,24 @@ def test_encode_decode_shapes_and_posterior(name: str) -> None:
     assert not torch.equal(a, post.sample(generator=torch.Generator().manual_seed(4)))
     kl = post.kl()
     assert kl.shape == (2,) and kl.dtype == torch.float32
-    want = 0.5 * (post.mean**2 + post.logvar.exp() - 1 - post.logvar).sum(dim=(1, 2, 3))
+    want = 0.5 * (post.mean**2 + post.logvar.exp() - 1 - post.logvar).sum(dim=tuple(range(1, post.mean.ndim)))
     torch.testing.assert_close(kl, want)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_bad_image_sizes_name_the_sizes(name: str) -> None:
     model = tiny(name)
-    f = model.downsample_factor
-    with pytest.raises(ValueError, match=rf"image size {32 + f // 2}x32 .* factor {f}"):
-        model.encode(torch.zeros(1, 3, 32 + f // 2, 32))
-    with pytest.raises(ValueError, match=r"expects images \(B, 3, H, W\), got \(1, 1, 32, 32\)"):
-        model.encode(torch.zeros(1, 1, 32, 32))
+    f, c, rest = model.downsample_factor, model.in_channels, (32,) * (model.spatial_dims - 1)
+    odd = 32 + f // 2
+    sizes = "x".join(map(str, (odd, *rest)))
+    with pytest.raises(ValueError, match=rf"image size {sizes} .* factor {f}"):
+        model.encode(torch.zeros(1, c, odd, *rest))
+    axes = ", ".join("DHW"[-model.spatial_dims :])
+    wrong = (1, c % 3 + 1, 32, *rest)  # a channel count the family does not take
+    with pytest.raises(ValueError, match=rf"expects images \(B, {c}, {axes}\), got \({', '.join(map(str, wrong))}\)"):
+        model.encode(torch.zeros(wrong))
     with pytest.raises(ValueError, match="decodes latents"):
-        model.decode(torch.zeros(1, model.latent_channels + 1, 4, 4))
+        model.decode(torch.zeros(1, model.latent_channels + 1, *(4,) * model.spatial_dims))
 
 
 @pytest.mark.parametrize("name", FAMILIES)
