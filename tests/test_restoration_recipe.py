@@ -1,7 +1,6 @@
 """The restoration task: objective numbers, presets, the recipe's phases and gradients, and a step 4 run on pairs.
 
-The config loader and the LightningModule do not select a task yet (docs/restoration.md, "Wiring"): the
-fixture ``restoration_wiring`` stands in for those two lines, so everything below them is tested now.
+``model.task: restoration`` selects the task's config sections and its recipe for the ``kl`` family here.
 """
 
 from __future__ import annotations
@@ -14,20 +13,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import aetune.config
 from aetune.config import config_from_dict
 from aetune.data.kinds import get_data_kind
 from aetune.data.paired import prepare_paired_dataset
 from aetune.data.prepared import load_prepared
 from aetune.data.synthetic.paired import generate_paired_dataset
 from aetune.losses.restoration import RestorationWeights, restoration_objective
-from aetune.options.restoration import RestorationLossConfig, restoration_schema
+from aetune.options.restoration import RestorationLossConfig
 from aetune.recipes.base import StepContext
 from aetune.recipes.restoration import RestorationRecipe
 
 TINY = {
     "model": {
         "family": "kl",
+        "task": "restoration",
         "args": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "resolution": 32},
     },
     "discriminator": {"ndf": 8, "n_layers": 2},
@@ -43,14 +42,6 @@ TINY = {
         "stages": {"1": {"epochs": 1, "max_steps": 4}},
     },
 }
-
-
-@pytest.fixture
-def restoration_wiring(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What ``--task restoration`` will select: the task's schema for the family, and its recipe."""
-    base = aetune.config.family_schema
-    monkeypatch.setattr(aetune.config, "family_schema", lambda family: restoration_schema(base(family)))
-    monkeypatch.setattr("aetune.train.module.get_recipe", lambda family: RestorationRecipe)
 
 
 def test_objective_matches_a_hand_computation() -> None:
@@ -87,7 +78,7 @@ def paired_work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "work"
 
 
-def test_recipe_phases_gradients_and_data(restoration_wiring, paired_work: Path) -> None:
+def test_recipe_phases_gradients_and_data(paired_work: Path) -> None:
     cfg = config_from_dict(TINY)
     assert type(cfg.loss) is RestorationLossConfig and cfg.schema.data_kind == "pair"
     recipe = RestorationRecipe(cfg, "1")
@@ -118,7 +109,7 @@ def test_recipe_phases_gradients_and_data(restoration_wiring, paired_work: Path)
     assert rec.shape == target.shape and rec.abs().max() <= 1
 
 
-def test_ssim_term_alone_trains_the_autoencoder(restoration_wiring, paired_work: Path) -> None:
+def test_ssim_term_alone_trains_the_autoencoder(paired_work: Path) -> None:
     """The fork's bug: its (1 - SSIM) had no gradient. Here SSIM alone lowers the loss in a few steps."""
     torch.manual_seed(0)  # the model's initialisation
     cfg = config_from_dict({**TINY, "loss": {**TINY["loss"], "l1_weight": 0, "l2_weight": 0, "gan_weight": 0}})
@@ -140,7 +131,7 @@ def test_ssim_term_alone_trains_the_autoencoder(restoration_wiring, paired_work:
     assert F.l1_loss(recipe.reconstruct(recipe.autoencoder, x), target) < 2
 
 
-def test_step4_trains_on_pairs(restoration_wiring, paired_work: Path) -> None:
+def test_step4_trains_on_pairs(paired_work: Path) -> None:
     """The generic module and runner train the restoration recipe on the pair data kind, end to end."""
     from aetune.train.runner import TrainRequest, run_training
 
@@ -163,7 +154,7 @@ def test_step4_trains_on_pairs(restoration_wiring, paired_work: Path) -> None:
     assert figure.width > figure.height  # four panels per row: LQ | output | GT | error
 
 
-def test_validation_values_per_degradation_type(restoration_wiring) -> None:
+def test_validation_values_per_degradation_type() -> None:
     cfg = config_from_dict({**TINY, "restoration": {"crop_border": 2}})
     recipe = RestorationRecipe(cfg, "1")
     recipe.attach(recipe.build())
