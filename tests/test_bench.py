@@ -5,9 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from aetune import bench
 from tests.train_helpers import tiny_preset
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    """``--threads`` sets torch's process-wide count: put it back, later tests' CPU numerics depend on it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def rows(text: str) -> dict[str, str]:

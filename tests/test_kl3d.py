@@ -283,3 +283,13 @@ def test_memory_probe_runs_a_step_and_reports_a_failure_as_a_row() -> None:
     assert row["peak_rss_over_baseline"] > 0
     bad = mp.run_one({**spec, "set": ["model.args.norm_num_groups=3"]}, timeout=300)
     assert bad["status"] == "failed (exit 2)" and "norm_num_groups=3 must divide" in bad["detail"]
+
+
+def test_the_random_backbone_build_leaves_torch_home_in_charge(tmp_path, monkeypatch) -> None:
+    """After the temporary hub folder, torch hub follows $TORCH_HOME again (it used to stay pinned)."""
+    from aetune.models.kl3d_losses import _hub_dir
+
+    with _hub_dir(tmp_path / "tmp_hub"):
+        assert torch.hub.get_dir() == str(tmp_path / "tmp_hub")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    assert torch.hub.get_dir() == str(tmp_path / "home" / "hub")

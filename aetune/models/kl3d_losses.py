@@ -92,12 +92,14 @@ class FrozenPerceptual3D(nn.Module):
 @contextlib.contextmanager
 def _hub_dir(path: Path) -> Iterator[None]:
     """Point torch hub (hence torchvision's weight cache) at ``path`` for the block, then restore it."""
-    old = torch.hub.get_dir()
+    # Restore torch.hub's own override, not get_dir()'s answer: setting that answer back would pin the hub
+    # folder for the rest of the process and silently ignore a later $TORCH_HOME (tests, notebooks).
+    old = torch.hub._hub_dir
     torch.hub.set_dir(str(path))
     try:
         yield
     finally:
-        torch.hub.set_dir(old)
+        torch.hub._hub_dir = old
 
 
 def build_perceptual_3d(fake_3d_ratio: float, pretrained: bool = True) -> FrozenPerceptual3D:
