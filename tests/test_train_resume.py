@@ -10,11 +10,9 @@ import torch
 
 from aetune.config import Config
 from aetune.errors import AetuneError
-from aetune.losses import generator_objective
-from aetune.recipes import autoencoders as recipe_py
 from aetune.train.module import AutoencoderModule
 from aetune.train.runner import TrainRequest, TrainResult, run_training
-from tests.train_helpers import make_work_dir, tiny_config
+from tests.train_helpers import make_work_dir, nan_inputs_at, tiny_config
 
 # GAN from batch 1, accumulation over 2 batches, 1.5 epochs of 9 batches (14), validation every 3, saves every 2.
 RESUME_SETS = ("train.stages.1.loss.disc_start=1", "train.gradient_accumulation=2", "train.batch_size=2",
@@ -104,23 +102,9 @@ def test_session_deadline_saves_stops_and_resumes(tmp_path: Path) -> None:
     assert (second.status, second.stages_done, second.batches) == ("done", ["1"], 4)
 
 
-def nan_at(calls: set[int]) -> object:
-    """``generator_objective`` whose total is NaN on the given calls (one call per training batch)."""
-    count = {"n": 0}
-
-    def objective(*args: object, **kwargs: object) -> dict:
-        terms = generator_objective(*args, **kwargs)
-        count["n"] += 1
-        if count["n"] in calls:
-            terms["total"] = terms["total"] * float("nan")
-        return terms
-
-    return objective
-
-
 def test_nonfinite_loss_skips_the_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     work, cfg = fresh(tmp_path, "one_nan")
-    monkeypatch.setattr(recipe_py, "generator_objective", nan_at({1}))
+    nan_inputs_at(monkeypatch, {0})
     assert train(work, cfg).status == "done"
     ckpt = final_state(work)
     assert (ckpt["aetune"]["nonfinite_total"], ckpt["aetune"]["nonfinite_streak"]) == (1, 0)
@@ -129,7 +113,7 @@ def test_nonfinite_loss_skips_the_step(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_nonfinite_losses_in_a_row_save_and_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     work, cfg = fresh(tmp_path, "all_nan", "train.max_nonfinite=2")
-    monkeypatch.setattr(recipe_py, "generator_objective", nan_at(set(range(1, 100))))
+    nan_inputs_at(monkeypatch, set(range(100)))
     with pytest.raises(AetuneError, match="diverged at batch 2.*--precision 32 or a lower --learning_rate"):
         train(work, cfg)
     ckpt = final_state(work)

@@ -67,3 +67,18 @@ def tiny_preset(tmp_path: Path) -> Path:
 def tiny_config(tmp_path: Path, *overrides: str) -> Config:
     """The tiny preset with ``--set``-style overrides."""
     return load_config(str(tiny_preset(tmp_path)), list(overrides))
+
+
+def nan_inputs_at(monkeypatch, batches: set[int]) -> None:
+    """Make the kl/vavae recipe's generator phase see NaN images at the given stage batches (0-based).
+
+    Every loss term is then non-finite, whichever way the recipe splits its backward.
+    """
+    from aetune.recipes.autoencoders import KLRecipe
+
+    real = KLRecipe.generator_step
+
+    def step(self, x, target, ctx):
+        return real(self, x * float("nan") if ctx.batch in batches else x, target, ctx)
+
+    monkeypatch.setattr(KLRecipe, "generator_step", step)
