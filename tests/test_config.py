@@ -117,3 +117,29 @@ def test_dump_and_reload_file(tmp_path) -> None:
     path.write_text(dump_config(c))
     again = load_config_file(path)
     assert again == c and isinstance(again, Config)
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        ("train: [unclosed", "is not valid YAML"),
+        ("- a\n- list\n", "must hold a YAML mapping, not a list"),
+        ("\xff", ""),
+    ],
+)
+def test_broken_preset_and_config_files_are_one_line_naming_the_file(tmp_path, text: str, what: str) -> None:
+    preset = tmp_path / "mine.yaml"
+    preset.write_bytes(text.encode("latin-1"))
+    with pytest.raises(AetuneError, match=f"mine.yaml {what}") as info:
+        load_config(str(preset))
+    assert "\n" not in str(info.value)
+    with pytest.raises(AetuneError, match="mine.yaml") as info:
+        load_config_file(preset)
+    assert "re-run step 4" in str(info.value) or "pick a shipped preset" in str(info.value)
+
+
+def test_a_hand_edited_config_yaml_names_the_file_and_the_key(tmp_path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(load_config("demo")).replace("batch_size: 8", "batch_size: 0"))
+    with pytest.raises(AetuneError, match=r"config.yaml: train.batch_size = 0 is out of range"):
+        load_config_file(path)
