@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from aetune.config import Config, load_config
+from aetune.config import Config, ModelConfig, family_schema, load_config
 from aetune.errors import AetuneError
 from aetune.train.plan import parse_stages
 
@@ -28,7 +28,8 @@ def per_stage(text: str | None, stages: list[str], flag: str) -> dict[str, int]:
 
 def build_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
     """The preset with ``--set`` and the first-class flags applied (flags last), and the stages to run."""
-    cfg = load_config(args.config or args.family or "vavae", args.overrides)
+    preset = args.config or family_schema(args.family or ModelConfig().family).default_preset
+    cfg = load_config(preset, args.overrides)
     if args.family and cfg.model.family != args.family:
         raise AetuneError(f"--family {args.family} but --config {args.config} is a {cfg.model.family} preset")
     stages = parse_stages(args.stages, cfg)
@@ -51,4 +52,4 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
     for stage, n in per_stage(args.max_steps, stages, "--max_steps").items():
         flags[f"train.stages.{stage}.max_steps"] = n
     sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
-    return load_config(args.config or args.family or "vavae", [*args.overrides, *sets]), stages
+    return load_config(preset, [*args.overrides, *sets]), stages
