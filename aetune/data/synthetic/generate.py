@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from aetune.data.synthetic.manifest import check_output_folder
 from aetune.data.synthetic.radar import DEFAULT_RADAR, RadarConfig, to_image
 from aetune.data.synthetic.users import UserProfile, draw_user, image_rng, simulate_spectrogram
 from aetune.errors import InvalidArgument
@@ -97,17 +98,7 @@ def generate_microdoppler_dataset(
         "seed": seed,
         "radar": asdict(DEFAULT_RADAR),
     }
-    manifest = out / MANIFEST
-    if manifest.exists():
-        recorded = read_json(manifest)
-        if recorded.get("parameters") != params:
-            differ = sorted(k for k in params if recorded.get("parameters", {}).get(k) != params[k])
-            raise InvalidArgument(
-                f"{out} holds a synthetic dataset made with other parameters ({', '.join(differ)} differ); "
-                "pass another out_dir or delete that folder"
-            )
-    elif out.exists() and any(out.iterdir()):
-        raise InvalidArgument(f"{out} is not empty and holds no {MANIFEST}; pass an empty or new out_dir")
+    manifest = check_output_folder(out, MANIFEST, params, "a synthetic dataset")
 
     users = [draw_user(u, seed) for u in range(1, num_users + 1)]
     jobs = [

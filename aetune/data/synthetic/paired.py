@@ -23,6 +23,7 @@ from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
 from aetune.data.synthetic.generate import _check, render_image
+from aetune.data.synthetic.manifest import check_output_folder
 from aetune.data.synthetic.users import draw_user
 from aetune.errors import InvalidArgument
 from aetune.io import atomic_path, atomic_write_json, read_json
@@ -115,17 +116,7 @@ def generate_paired_dataset(
         "seed": seed,
         "types": list(types),
     }
-    manifest = out / PAIRED_MANIFEST
-    if manifest.exists():
-        recorded = read_json(manifest).get("parameters", {})
-        if recorded != params:
-            differ = sorted(k for k in params if recorded.get(k) != params[k])
-            raise InvalidArgument(
-                f"{out} holds a synthetic paired set made with other parameters ({', '.join(differ)} differ); "
-                "pass another folder or delete that one"
-            )
-    elif out.exists() and any(out.iterdir()):
-        raise InvalidArgument(f"{out} is not empty and holds no {PAIRED_MANIFEST}; pass an empty or new folder")
+    manifest = check_output_folder(out, PAIRED_MANIFEST, params, "a synthetic paired set")
     jobs = [(k, i) for k in types for i in range(pairs_per_type) if not all(p.exists() for p in pair_paths(out, k, i))]
     if not jobs and read_json(manifest).get("complete"):
         return out

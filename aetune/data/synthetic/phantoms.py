@@ -20,6 +20,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
+from aetune.data.synthetic.manifest import check_output_folder
 from aetune.errors import InvalidArgument
 from aetune.io import atomic_write_bytes, atomic_write_json, read_json
 from aetune.optional import require
@@ -144,17 +145,7 @@ def generate_phantoms(
         "file_format": file_format,
         "seed": seed,
     }
-    manifest = out / MANIFEST
-    if manifest.exists():
-        recorded = read_json(manifest).get("parameters", {})
-        if recorded != params:
-            differ = sorted(k for k in params if recorded.get(k) != params[k])
-            raise InvalidArgument(
-                f"{out} holds phantoms made with other parameters ({', '.join(differ)} differ); "
-                "pass another folder or delete that one"
-            )
-    elif out.exists() and any(out.iterdir()):
-        raise InvalidArgument(f"{out} is not empty and holds no {MANIFEST}; pass an empty or new folder")
+    manifest = check_output_folder(out, MANIFEST, params, "phantoms")
     jobs = [
         (k, i)
         for k in range(num_classes)

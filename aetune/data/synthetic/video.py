@@ -18,9 +18,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from aetune.data.synthetic.generate import _check
+from aetune.data.synthetic.manifest import check_output_folder
 from aetune.data.synthetic.radar import DEFAULT_RADAR, RadarConfig, Spectrogram, to_image
 from aetune.data.synthetic.users import UserProfile, draw_user, image_rng, simulate_spectrogram
-from aetune.errors import InvalidArgument
 from aetune.io import atomic_path, atomic_write_json, read_json
 from aetune.optional import require
 
@@ -128,17 +128,7 @@ def generate_video_dataset(
         "seed": seed,
         "radar": asdict(DEFAULT_RADAR),
     }
-    manifest = out / MANIFEST
-    if manifest.exists():
-        recorded = read_json(manifest).get("parameters", {})
-        if recorded != params:
-            differ = sorted(k for k in params if recorded.get(k) != params[k])
-            raise InvalidArgument(
-                f"{out} holds a synthetic video set made with other parameters ({', '.join(differ)} differ); "
-                "pass another out_dir or delete that folder"
-            )
-    elif out.exists() and any(out.iterdir()):
-        raise InvalidArgument(f"{out} is not empty and holds no {MANIFEST}; pass an empty or new out_dir")
+    manifest = check_output_folder(out, MANIFEST, params, "a synthetic video set")
     users = [draw_user(u, seed) for u in range(1, num_users + 1)]
     jobs = [(u, i) for u in users for i in range(videos_per_user) if not video_path(out, u.user_id, i).exists()]
     if not jobs and read_json(manifest).get("complete"):
