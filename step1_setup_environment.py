@@ -18,11 +18,10 @@ import sys
 from pathlib import Path
 
 from aetune.cli import add_common_args, resolve_work_dir, run_main
-from aetune.config import Config, load_config
-from aetune.disk_budget import gb, image_cache_bytes, project_config
+from aetune.config import load_config
+from aetune.disk_budget import disk_plan
 from aetune.env import (
     ENVIRONMENT_FILE,
-    GIB,
     MIN_FREE_DISK_GB,
     check_requirements,
     collect_environment,
@@ -117,24 +116,6 @@ def _report(env: dict) -> None:
         print(f"error: {e}", file=sys.stderr)
 
 
-def _disk_plan(
-    cfg: Config, stages: list[str], args: argparse.Namespace, work_dir: Path, free_gb: float
-) -> tuple[dict, list[str]]:
-    """The projected files of step 4 for ``--config``/``--stages``: (JSON record with its report lines, errors)."""
-    models_dir = (args.models_dir or work_dir / MODELS).resolve()
-    counted = models_dir.is_relative_to(work_dir)  # weights kept elsewhere do not use this folder's space
-    budget = project_config(cfg, stages, models_dir, weights=None if counted else [])
-    free = int(free_gb * GIB)
-    problem = budget.problem(free, work_dir)
-    lines = [f"disk plan  {args.config or cfg.model.family}, stages {','.join(stages)}, in {work_dir}:"]
-    lines += budget.lines()
-    if cfg.data.cache == "file":
-        lines.append(f"  + {gb(image_cache_bytes(1000, cfg.data.image_size))} per 1,000 images (data.cache: file)")
-    lines.append(f"  {gb(free)} free: {'does not fit (see the error)' if problem else 'fits'}")
-    record = {**budget.to_dict(), "stages": stages, "free_bytes": free, "weights_counted": counted, "report": lines}
-    return record, [problem] if problem else []
-
-
 def main(args: argparse.Namespace) -> int:
     work_dir = resolve_work_dir(args)
     cfg = load_config(args.config, args.overrides) if args.config or args.overrides else None
@@ -147,7 +128,14 @@ def main(args: argparse.Namespace) -> int:
     env = collect_environment(work_dir, kaggle_t4=args.kaggle_t4, min_free_gb=args.min_free_gb)
     if cfg is not None:
         try:
-            env["disk_plan"], plan_errors = _disk_plan(cfg, stages, args, work_dir, env["disk"]["free_gb"])
+            env["disk_plan"], plan_errors = disk_plan(
+                cfg,
+                stages,
+                args.config or cfg.model.family,
+                (args.models_dir or work_dir / MODELS).resolve(),
+                work_dir,
+                env["disk"]["free_gb"],
+            )
             errors += plan_errors
         except AetuneError as e:  # e.g. a family's package that failed to install: reported, the rest still written
             warnings.append(f"no disk plan: {e}")

@@ -273,3 +273,25 @@ def _counted(cfg: Config) -> ModelSize:
         discriminator=sum(p.numel() for p in disc),
         trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
+
+
+def disk_plan(
+    cfg: Config, stages: list[str], label: str, models_dir: Path, work_dir: Path, free_gb: float
+) -> tuple[dict, list[str]]:
+    """Step 1's report of what step 4 will write for ``cfg``'s ``stages`` (named ``label``) in ``work_dir``.
+
+    Weights kept in a ``models_dir`` outside ``work_dir`` do not use its space and are not counted.
+
+    Returns:
+        (a JSON-ready record with the report lines under ``report``, the error lines: [] when it fits).
+    """
+    counted = models_dir.is_relative_to(work_dir)
+    budget = project_config(cfg, stages, models_dir, weights=None if counted else [])
+    free = int(free_gb * 2**30)
+    problem = budget.problem(free, work_dir)
+    lines = [f"disk plan  {label}, stages {','.join(stages)}, in {work_dir}:", *budget.lines()]
+    if cfg.data.cache == "file":
+        lines.append(f"  + {gb(image_cache_bytes(1000, cfg.data.image_size))} per 1,000 images (data.cache: file)")
+    lines.append(f"  {gb(free)} free: {'does not fit (see the error)' if problem else 'fits'}")
+    record = {**budget.to_dict(), "stages": stages, "free_bytes": free, "weights_counted": counted, "report": lines}
+    return record, [problem] if problem else []
