@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,32 +68,43 @@ def _has_user_folders(folder: Path) -> bool:
     return False
 
 
-def find_data_root(root: str | Path) -> Path:
-    """The folder whose sub-folders are the users: ``root`` or, through single wrapper folders, below it.
+def descend_wrappers(root: str | Path, holds_data: Callable[[Path], bool], expected: str) -> Path:
+    """``root`` or, through single wrapper folders, the folder below it where ``holds_data`` is true.
 
-    Kaggle datasets often unpack as ``slug/slug/ID_1``; one visible sub-folder with no images of
-    its own is such a wrapper.
+    Kaggle datasets often unpack as ``slug/slug/ID_1``; one visible sub-folder and nothing else is such a
+    wrapper. Every data source (images, videos, volumes) finds its root this way.
+
+    Args:
+        root: ``--data_root``.
+        holds_data: whether a folder is the root (e.g. it holds user folders of images).
+        expected: what ``--data_root`` should be, in words, for the error.
+
+    Raises:
+        AetuneError: ``root`` does not exist or is a file.
+    """
+    p = Path(root).expanduser()
+    if not p.is_dir():
+        raise AetuneError(f"--data_root {p} {'is a file' if p.exists() else 'does not exist'}: pass {expected}")
+    p = p.resolve()
+    for _ in range(4):
+        if holds_data(p):
+            return p
+        visible = [c for c in p.iterdir() if not _is_hidden(c.name)]
+        subdirs = [c for c in visible if c.is_dir()]
+        if len(subdirs) != 1 or len(visible) != 1:
+            break
+        log.info("data root: descending into wrapper folder %s", subdirs[0].name)
+        p = subdirs[0]
+    return p
+
+
+def find_data_root(root: str | Path) -> Path:
+    """The folder whose sub-folders are the users (see :func:`descend_wrappers`).
 
     Raises:
         AetuneError: ``root`` does not exist or is not a folder.
     """
-    p = Path(root).expanduser()
-    if not p.exists():
-        raise AetuneError(f"--data_root {p} does not exist: pass the folder that holds one folder per user")
-    if not p.is_dir():
-        raise AetuneError(f"--data_root {p} is a file: pass the folder that holds one folder per user")
-    p = p.resolve()
-    for _ in range(4):
-        if _has_user_folders(p):
-            return p
-        visible = [c for c in p.iterdir() if not _is_hidden(c.name)]
-        subdirs = [c for c in visible if c.is_dir()]
-        if len(subdirs) == 1 and len(visible) == 1:
-            log.info("data root: descending into wrapper folder %s", subdirs[0].name)
-            p = subdirs[0]
-            continue
-        break
-    return p
+    return descend_wrappers(root, _has_user_folders, "the folder that holds one folder per user")
 
 
 def discover_kaggle_input(base: str | Path = "/kaggle/input") -> Path:

@@ -37,7 +37,7 @@ from aetune.data.images import DECOMPRESSION_BOMB, IMAGE_SUFFIXES, load_rgb
 from aetune.data.paired import write_data_documents
 from aetune.data.prepare import PrepareSummary, check_output_dir
 from aetune.data.prepared import DATASET_FILE, LABELS_FILE, SPLIT_FILE, PreparedData, check_dataset_name
-from aetune.data.scan import MIN_IMAGE_SIDE, ScanResult, _is_hidden, natural_key
+from aetune.data.scan import MIN_IMAGE_SIDE, ScanResult, _is_hidden, descend_wrappers, natural_key
 from aetune.data.split import check_val_ratio, duplicate_groups, split_groups, split_records
 from aetune.errors import AetuneError
 from aetune.io import atomic_path, atomic_write_json, read_json
@@ -98,24 +98,12 @@ def _holds_videos(folder: Path) -> bool:
 
 
 def find_video_root(root: str | Path) -> Path:
-    """The folder holding the user folders: ``root`` or, through single wrapper folders, below it.
+    """The folder holding the user folders of videos (see :func:`aetune.data.scan.descend_wrappers`)."""
 
-    Raises:
-        AetuneError: ``root`` does not exist or is not a folder.
-    """
-    p = Path(root).expanduser()
-    if not p.is_dir():
-        what = "is a file" if p.exists() else "does not exist"
-        raise AetuneError(f"--data_root {p} {what}: pass the folder that holds one folder of videos per user")
-    p = p.resolve()
-    for _ in range(4):  # Kaggle datasets often unpack as slug/slug/...
-        visible = [c for c in p.iterdir() if not _is_hidden(c.name)]
-        subdirs = [c for c in visible if c.is_dir()]
-        if any(_holds_videos(d) for d in subdirs) or len(subdirs) != 1 or len(visible) != 1:
-            return p
-        log.info("data root: descending into wrapper folder %s", subdirs[0].name)
-        p = subdirs[0]
-    return p
+    def holds(p: Path) -> bool:
+        return any(_holds_videos(d) for d in p.iterdir() if d.is_dir() and not _is_hidden(d.name))
+
+    return descend_wrappers(root, holds, "the folder that holds one folder of videos per user")
 
 
 class _Digest:

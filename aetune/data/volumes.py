@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from aetune.data.scan import ScanResult, _is_hidden, natural_key
+from aetune.data.scan import ScanResult, _is_hidden, descend_wrappers, natural_key
 from aetune.errors import AetuneError
 from aetune.optional import require
 
@@ -185,24 +185,13 @@ def _volume_files(folder: Path) -> bool:
 
 
 def find_volume_root(root: str | Path) -> Path:
-    """The folder holding the group folders (or the volumes of a flat set): ``root`` or below single wrappers.
+    """The folder holding the group folders or a flat set of volumes (see ``scan.descend_wrappers``)."""
 
-    Raises:
-        AetuneError: ``root`` does not exist or is not a folder.
-    """
-    p = Path(root).expanduser()
-    if not p.is_dir():
-        what = "is a file" if p.exists() else "does not exist"
-        raise AetuneError(f"--data_root {p} {what}: pass the folder of volumes or of one folder per group")
-    p = p.resolve()
-    for _ in range(4):  # Kaggle datasets often unpack as slug/slug/...
-        visible = [c for c in p.iterdir() if not _is_hidden(c.name)]
-        subdirs = [c for c in visible if c.is_dir()]
-        if _volume_files(p) or any(_volume_files(d) for d in subdirs) or len(subdirs) != 1 or len(visible) != 1:
-            return p
-        log.info("data root: descending into wrapper folder %s", subdirs[0].name)
-        p = subdirs[0]
-    return p
+    def holds(p: Path) -> bool:
+        subdirs = [d for d in p.iterdir() if d.is_dir() and not _is_hidden(d.name)]
+        return bool(_volume_files(p)) or any(_volume_files(d) for d in subdirs)
+
+    return descend_wrappers(root, holds, "the folder of volumes or of one folder per group")
 
 
 def scan_volumes(data_root: str | Path, progress: bool = True) -> ScanResult:
