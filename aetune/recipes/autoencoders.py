@@ -80,18 +80,9 @@ class KLRecipe(Recipe):
         return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
     @property
-    def perceptual(self) -> nn.Module | None:
-        assert self.nets is not None
-        return self.nets.frozen.get("perceptual")
-
-    @property
     def teacher(self) -> FrozenTeacher | None:
         assert self.nets is not None
         return self.nets.frozen.get("teacher")  # type: ignore[return-value]
-
-    @property
-    def lpips(self) -> nn.Module | None:
-        return self.perceptual if self.loss.lpips_pretrained else None
 
     def use_split(self, gan_active: bool, align: bool, ctx: StepContext) -> bool:
         """Whether this step takes :func:`aetune.losses.split.split_backward` (one decoder / LPIPS backward fewer).

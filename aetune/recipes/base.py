@@ -203,9 +203,16 @@ class Recipe:
         return values
 
     @property
+    def perceptual(self) -> nn.Module | None:
+        """The frozen perceptual network registered as ``frozen["perceptual"]``, if the recipe built one."""
+        assert self.nets is not None, "attach() the networks first"
+        return self.nets.frozen.get("perceptual")
+
+    @property
     def lpips(self) -> nn.Module | None:
-        """The LPIPS network validation reports with, when it has trustworthy weights."""
-        return None
+        """The LPIPS network validation reports with: the perceptual network when ``loss.lpips_pretrained``
+        says its weights are trustworthy, else None."""
+        return self.perceptual if getattr(self.loss, "lpips_pretrained", False) else None
 
     def notes(self) -> dict[str, Any]:
         """Facts every checkpoint and validation record carries (e.g. a random teacher)."""

@@ -65,11 +65,6 @@ class KL3DRecipe(Recipe):
         are then per-slice values averaged over every slice of the split (2-D SSIM, mean over slices)."""
         return axial_slices(autoencoder(x).float().clamp(-1.0, 1.0))
 
-    @property
-    def perceptual(self) -> nn.Module | None:
-        assert self.nets is not None
-        return self.nets.frozen.get("perceptual")
-
     def generator_step(self, x: Tensor, target: Tensor, ctx: StepContext) -> PhaseResult:
         w = self.loss
         posterior = self.autoencoder.encode(x).latent_dist

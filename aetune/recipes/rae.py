@@ -113,15 +113,6 @@ class RAERecipe(Recipe):
         assert self.nets is not None
         return self.nets.frozen["dino"]  # type: ignore[return-value]
 
-    @property
-    def perceptual(self) -> nn.Module | None:
-        assert self.nets is not None
-        return self.nets.frozen.get("perceptual")
-
-    @property
-    def lpips(self) -> nn.Module | None:
-        return self.perceptual if self.loss.lpips_pretrained else None
-
     feature_cache: FeatureCache | None = None
     """The shared on-disk cache of the training images' tokens (:meth:`prepare_feature_cache`), when prepared."""
 

@@ -67,15 +67,6 @@ class RestorationRecipe(Recipe):
         flip = (torch.rand(x.shape[0], generator=ctx.generator, device=x.device) < 0.5)[:, None, None, None]
         return torch.where(flip, x.flip(-1), x), torch.where(flip, target.flip(-1), target)
 
-    @property
-    def perceptual(self) -> nn.Module | None:
-        assert self.nets is not None
-        return self.nets.frozen.get("perceptual")
-
-    @property
-    def lpips(self) -> nn.Module | None:
-        return self.perceptual if self.loss.lpips_pretrained else None
-
     def generator_step(self, x: Tensor, target: Tensor, ctx: StepContext) -> PhaseResult:
         x, target = self.augment(x, target, ctx)
         enc = self.autoencoder.encode(x)

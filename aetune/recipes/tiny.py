@@ -140,15 +140,6 @@ class TinyRecipe(Recipe):
         assert self.nets is not None
         return self.nets.frozen.get("teacher")  # type: ignore[return-value]
 
-    @property
-    def perceptual(self) -> nn.Module | None:
-        assert self.nets is not None
-        return self.nets.frozen.get("perceptual")
-
-    @property
-    def lpips(self) -> nn.Module | None:
-        return self.perceptual if self.loss.lpips_pretrained else None
-
     def phase_active(self, phase: str, batch: int) -> bool:
         """The GAN term and D updates are on from ``disc_start`` (-1: never)."""
         return phase == "g" or 0 <= self.loss.disc_start <= batch
