@@ -214,7 +214,7 @@ def _native_encoder_tensors(model: RAE, tensors: dict[str, Tensor]) -> tuple[dic
         if bar:
             hf_logging.enable_progress_bar()
     if info["mismatched_keys"]:
-        key, theirs, mine = next(iter(info["mismatched_keys"]))
+        key, theirs, mine = sorted(info["mismatched_keys"], key=lambda m: str(m[0]))[0]  # a set: name one stably
         raise CheckpointError(
             f"encoder tensor {key} is {list(theirs)} in the file and {list(mine)} in {describe_model(model)}: "
             "build the model with the file's encoder"
