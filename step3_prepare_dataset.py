@@ -12,12 +12,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from aetune.cli import add_common_args, resolve_work_dir, run_main
-from aetune.data.prepared import DEFAULT_NAME
+from aetune.cli import add_common_args, resolve_work_dir, run_script
 from aetune.data.sources import add_source_args, prepare_other_source
-from aetune.data.volumes import add_volume_args
 from aetune.errors import AetuneError
 from aetune.paths import KAGGLE_INPUT
+
+# numpy, yaml and the rest are imported inside the functions, under run_script's guard: a missing package
+# (venv not activated) is then one error line naming it and the install command, not an import traceback.
 
 log = logging.getLogger("aetune")
 
@@ -25,6 +26,9 @@ SYNTHETIC_DIRNAME = "synthetic_microdoppler"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from aetune.data.prepared import DEFAULT_NAME
+    from aetune.data.volumes import add_volume_args
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--data_root", help="folder with one sub-folder of images per user")
@@ -149,4 +153,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_main(main, parse_args()))
+    raise SystemExit(run_script(main, parse_args))

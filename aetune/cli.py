@@ -12,8 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aetune.errors import AetuneError
-from aetune.io import remove_stale_temps
 from aetune.paths import DEFAULT_WORK_DIR, KAGGLE_WORKING
+
+# Only the standard library and aetune's own light modules above: a step script whose environment lacks a
+# package (venv not activated) still gets here, so run_main can say which package and how to install it.
 
 log = logging.getLogger("aetune")
 
@@ -85,15 +87,38 @@ def clean_work_dir(args: argparse.Namespace) -> None:
         return
     if not hasattr(args, "output_dir") or not hasattr(args, "kaggle"):
         return
+    from aetune.io import remove_stale_temps  # imports yaml: after run_main's guard, not at import time
+
     for path in remove_stale_temps(resolve_work_dir(args)):
         log.info("removed %s (left by an interrupted write)", path)
+
+
+def _missing_package(e: ModuleNotFoundError) -> bool:
+    """True for a package missing from the environment; False for a missing module of aetune itself (a bug)."""
+    return bool(e.name) and e.name.split(".")[0] != "aetune"
+
+
+def run_script(main: Callable[[argparse.Namespace], int], parse_args: Callable[[], argparse.Namespace]) -> int:
+    """``run_main(main, parse_args())``, with a package missing while the flags are parsed (their modules are
+    imported then) reported as ``run_main`` reports one missing in ``main``: one ``error:`` line, exit 2."""
+    try:
+        args = parse_args()
+    except ModuleNotFoundError as e:
+        if not _missing_package(e) or "-v" in sys.argv or "--verbose" in sys.argv:
+            raise
+        from aetune.optional import missing_module_message
+
+        print(f"error: {one_line(missing_module_message(e))}", file=sys.stderr)
+        return 2
+    return run_main(main, args)
 
 
 def run_main(main: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a step's ``main``; user errors become one ``error:`` line on stderr and exit code 2.
 
-    Only errors about the user's input or machine are caught (``AetuneError``, and any ``OSError``: a
-    missing file, a full disk, a read-only or misplaced work directory); anything else is a bug in aetune
+    Only errors about the user's input or machine are caught (``AetuneError``, any ``OSError``: a
+    missing file, a full disk, a read-only or misplaced work directory, and a ``ModuleNotFoundError`` for
+    a package the environment lacks, answered with its install command); anything else is a bug in aetune
     and keeps its traceback.
     """
     setup_logging(getattr(args, "verbose", False))
@@ -101,6 +126,13 @@ def run_main(main: Callable[[argparse.Namespace], int], args: argparse.Namespace
     try:
         clean_work_dir(args)
         return main(args)
+    except ModuleNotFoundError as e:
+        if verbose or not _missing_package(e):
+            raise
+        from aetune.optional import missing_module_message
+
+        print(f"error: {one_line(missing_module_message(e))}", file=sys.stderr)
+        return 2
     except AetuneError as e:
         if verbose:
             raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -338,6 +339,11 @@ def _check_value(value: Any, meta: Any, where: str) -> None:
     """Range and choice checks from field metadata (see :func:`bounds`, :func:`choices`)."""
     if value is None:
         return
+    if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+        # NaN passes every comparison, so a range check alone would let it through to the first training step.
+        lo, hi, _ = meta.get("bounds", (None, None, ()))
+        span = f" in {lo} .. {hi}" if lo is not None and hi is not None else f" >= {lo}" if lo is not None else ""
+        raise AetuneError(f"{where} = {value!r} is not a finite number: give a finite number{span}")
     if "choices" in meta and value not in meta["choices"]:
         raise AetuneError(f"{where} must be one of {', '.join(meta['choices'])}, got {value!r}")
     if "bounds" in meta:

@@ -182,14 +182,15 @@ def advise_precision(gpus: list[GpuFact]) -> tuple[str, str]:
         return "32", "no CUDA GPU: CPU runs in fp32"
     weakest = min(gpus, key=lambda g: g.capability)
     cap = "{}.{}".format(*weakest.capability)
+    # No parentheses in a reason: step 4 prints it inside its own, "precision 16-mixed (<reason>)".
     if weakest.capability >= (8, 0):
-        return "bf16-mixed", f"{weakest.name} (compute {cap}) has bf16 tensor cores: no loss scaling needed"
+        return "bf16-mixed", f"{weakest.name}, compute {cap}, has bf16 tensor cores: no loss scaling needed"
     if weakest.capability >= (7, 0):
         return "16-mixed", (
-            f"{weakest.name} (compute {cap}) has fp16 tensor cores but no native bf16 "
-            "(torch.cuda.is_bf16_supported() may say True there: it is emulated and slow): fp16 with loss scaling"
+            f"{weakest.name}, compute {cap}, has fp16 tensor cores but no native bf16 "
+            "- torch.cuda.is_bf16_supported may say True there, but it is emulated and slow - so fp16 with loss scaling"
         )
-    return "32", f"{weakest.name} (compute {cap}) has no tensor cores: mixed precision gains little"
+    return "32", f"{weakest.name}, compute {cap}, has no tensor cores: mixed precision gains little"
 
 
 def advise_batch_size(gpus: list[GpuFact], image_size: int = 256) -> int:

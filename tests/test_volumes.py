@@ -195,7 +195,7 @@ def test_volume_kind_serves_the_stage_resolution_from_ram_and_file(tmp_path: Pat
     root = generate_phantoms(tmp_path / "p", 2, 3, (20, 20, 12), file_format="npy", progress=False)
     work = tmp_path / "work"
     summary = prepare_volume_dataset(root, work, "ph", 0.3, transform=VolumeTransform(shape=(16, 16, 8)))
-    assert [r[0] for r in summary.rows] == ["class_0", "class_1"] and summary.rejected == 1  # phantoms.json
+    assert [r[0] for r in summary.rows] == ["class_0", "class_1"] and summary.rejected == 0  # not phantoms.json
     doc = json.loads((work / "data" / "dataset.json").read_text())
     assert doc["kind"] == "volume" and doc["volume"]["shape"] == [16, 16, 8]
     assert doc["volume"]["transform"] == {"percentiles": [0.5, 99.5], "spacing": None, "shape": [16, 16, 8]}

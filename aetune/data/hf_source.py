@@ -135,10 +135,17 @@ def open_hf_splits(root: str | Path, single_split: str = "train", cache_dir: str
             splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {single_split: loaded}
         else:
             splits = dict(datasets.load_dataset(fmt, data_dir=str(p), cache_dir=cache_dir))
-    except (datasets.exceptions.DatasetGenerationError, FileNotFoundError, ValueError, OSError) as e:
-        # A damaged or foreign file inside the folder: the user fixes the folder, not our code.
+    except (datasets.exceptions.DatasetGenerationError, ValueError, OSError, KeyError, TypeError) as e:
+        # A damaged or foreign file inside the folder (KeyError, TypeError: a state.json without its fields):
+        # the user fixes the folder, not our code.
         cause = e.__cause__ or e
-        raise AetuneError(f"cannot read {p} as {fmt} files ({type(cause).__name__}: {cause})".splitlines()[0]) from e
+        reason = (str(cause).splitlines() or [""])[0][:300] or "no detail"
+        fix = (
+            "the folder is damaged or incomplete: copy it again, or write it again with save_to_disk"
+            if fmt == "save_to_disk"
+            else f"one of its .{fmt} files is damaged or not {fmt} data: copy the folder again, or remove that file"
+        )
+        raise AetuneError(f"cannot read {p} as {fmt} files ({type(cause).__name__}: {reason}): {fix}") from e
     return {str(k): v for k, v in splits.items()}, fmt
 
 
@@ -164,7 +171,10 @@ def choose_columns(features: Any, image_column: str | None, label_column: str | 
     if image_column is None:
         image_column = next((k for k, v in features.items() if isinstance(v, datasets.Image)), None)
         if image_column is None:
-            raise AetuneError(f"no Image column in the dataset (columns: {listing}): pass --hf_image_column")
+            raise AetuneError(
+                f"no Image column in the dataset (columns: {listing}): pass --hf_image_column NAME for a column of "
+                "image bytes or file paths, or point --data_root at an image dataset"
+            )
     if label_column is None:
         label_column = next((k for k, v in features.items() if isinstance(v, datasets.ClassLabel)), None)
         if label_column is None and "label" in features and image_column != "label":

@@ -40,7 +40,14 @@ from aetune.data.images import IMAGE_SUFFIXES
 from aetune.data.neardup import find_near_duplicates
 from aetune.data.prepare import check_output_dir
 from aetune.data.prepared import DATASET_FILE, LABELS_FILE, SPLIT_FILE, PreparedData, Sample, data_dir
-from aetune.data.scan import ImageRecord, _check_image, _is_hidden, natural_key
+from aetune.data.scan import (
+    ImageRecord,
+    _check_image,
+    _is_hidden,
+    is_synthetic_manifest,
+    natural_key,
+    rejection_summary,
+)
 from aetune.data.split import check_val_ratio, split_groups, split_records
 from aetune.errors import AetuneError
 from aetune.io import atomic_path, atomic_write_json, read_json
@@ -148,7 +155,7 @@ def _pair_type(folder: Path, kind: str, root: Path, prefix: str, resize_mismatch
     """Pair, decode and check the files of one type folder into ``scan``."""
     lq_dir, gt_dir = _child_dir(folder, LQ_DIR), _child_dir(folder, GT_DIR)
     for entry in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
-        if entry not in (lq_dir, gt_dir):
+        if entry not in (lq_dir, gt_dir) and not (folder == root and is_synthetic_manifest(entry)):
             rel = entry.relative_to(root).as_posix()
             reason = "hidden file or folder" if _is_hidden(entry.name) else f"outside {LQ_DIR}/ and {GT_DIR}/"
             scan.rejected.append({"path": rel, "reason": reason})
@@ -215,7 +222,8 @@ def scan_pairs(
             if _is_hidden(entry.name):
                 scan.rejected.append({"path": entry.name, "reason": "hidden file or folder (__MACOSX, dotfile)"})
             elif not entry.is_dir():
-                scan.rejected.append({"path": entry.name, "reason": "file outside any degradation folder"})
+                if not is_synthetic_manifest(entry):
+                    scan.rejected.append({"path": entry.name, "reason": "file outside any degradation folder"})
             elif not _is_pair_folder(entry):
                 scan.rejected.append({"path": entry.name, "reason": f"folder without {LQ_DIR}/ or {GT_DIR}/ inside"})
             else:
@@ -225,9 +233,17 @@ def scan_pairs(
     seen = {r.user for r in scan.accepted}
     scan.types = [k for _, k in folders if k in seen]
     if not scan.accepted:
+        what = f"validation pair (--val_root {data_root})" if prefix else "LQ/GT pair"
+        if not scan.rejected:
+            raise AetuneError(
+                f"no usable {what} under {root}: its {LQ_DIR}/ and {GT_DIR}/ folders hold no file; put the degraded "
+                f"images in {LQ_DIR}/ and the clean ones, of the same names, in {GT_DIR}/"
+            )
+        first = scan.rejected[0]
         raise AetuneError(
-            f"no usable LQ/GT pair under {root} ({len(scan.rejected)} files rejected, first: "
-            f"{scan.rejected[0]['path'] + ': ' + scan.rejected[0]['reason'] if scan.rejected else 'none'})"
+            f"no usable {what} under {root} ({len(scan.rejected)} files rejected, first: {first['path']}: "
+            f"{first['reason']}; {rejection_summary(scan.rejected)}): each {LQ_DIR} image needs a decodable "
+            f"{GT_DIR} image of the same name and size"
         )
     return scan
 
@@ -395,6 +411,12 @@ def prepare_paired_dataset(
     """
     if val_root is None:
         check_val_ratio(val_ratio)
+    elif not Path(val_root).expanduser().is_dir():
+        what = "does not exist" if not Path(val_root).expanduser().exists() else "is a file"
+        raise AetuneError(
+            f"--val_root {val_root} {what}: pass the folder of validation pairs (<Type>/LQ, <Type>/GT, or LQ, GT), "
+            "or leave --val_root out to split --data_root"
+        )
     check_output_dir(work_dir)
     scan = scan_pairs(data_root, resize_mismatched, progress=progress)
     val_scan = scan_pairs(val_root, resize_mismatched, VAL_PREFIX, progress) if val_root is not None else None

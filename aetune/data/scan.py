@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -20,6 +21,35 @@ log = logging.getLogger(__name__)
 
 MIN_IMAGE_SIDE = 16
 """Smaller images carry no usable spectrogram (and break f16 autoencoders after resizing)."""
+SYNTHETIC_MANIFESTS = frozenset({"synthetic.json", "synthetic_video.json", "phantoms.json", "synthetic_paired.json"})
+"""The manifests the built-in synthetic sets (``aetune.data.synthetic``) keep at their root: not data, so the
+scanners neither accept nor reject them."""
+OUTSIDE_USER_FOLDER = "file outside any user folder"
+
+
+def is_synthetic_manifest(path: Path) -> bool:
+    """True for a built-in synthetic set's own manifest (a known name holding ``{"parameters": ...}``)."""
+    if path.name not in SYNTHETIC_MANIFESTS or not path.is_file():
+        return False
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "parameters" in doc
+
+
+def rejection_summary(rejected: list[dict[str, str]], limit: int = 3) -> str:
+    """The commonest rejection reasons, counted, each with an example: what a user reads when nothing was
+    accepted and therefore no ``dataset.json`` was written."""
+    groups: dict[str, list[str]] = {}
+    for r in rejected:
+        groups.setdefault(r["reason"], []).append(r["path"])
+    top = sorted(groups.items(), key=lambda kv: -len(kv[1]))[:limit]
+    parts = [f"{len(paths)} x {reason} (e.g. {paths[0]})" for reason, paths in top]
+    if not parts:
+        return "nothing found"
+    more = len(groups) - len(top)
+    return "; ".join(parts) + (f"; and {more} other reasons" if more > 0 else "")
 
 
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
@@ -183,8 +213,8 @@ def scan_dataset(data_root: str | Path, progress: bool = True) -> ScanResult:
             result.rejected.append({"path": rel, "reason": "hidden file or folder (__MACOSX, dotfile)"})
         elif entry.is_dir():
             user_dirs.append(entry)
-        else:
-            result.rejected.append({"path": rel, "reason": "file outside any user folder"})
+        elif not is_synthetic_manifest(entry):
+            result.rejected.append({"path": rel, "reason": OUTSIDE_USER_FOLDER})
     files: list[tuple[str, Path]] = []
     for user_dir in user_dirs:
         for f in sorted(user_dir.rglob("*"), key=lambda p: natural_key(p.relative_to(user_dir).as_posix())):
@@ -212,8 +242,19 @@ def scan_dataset(data_root: str | Path, progress: bool = True) -> ScanResult:
     result.users = [d.name for d in user_dirs if counts[d.name] > 0]
     result.empty_users = [d.name for d in user_dirs if counts[d.name] == 0]
     if not result.accepted:
+        loose = [
+            r["path"]
+            for r in result.rejected
+            if r["reason"] == OUTSIDE_USER_FOLDER and Path(r["path"]).suffix.lower() in IMAGE_SUFFIXES
+        ]
+        if loose and not user_dirs:
+            raise AetuneError(
+                f"the {len(loose)} images lie directly in {root} (e.g. {loose[0]}), with no user folder: step 3 "
+                f"needs one sub-folder of images per user (class), e.g. {root / 'user_1'}; for a single class, "
+                "move them all into one sub-folder"
+            )
         raise AetuneError(
             f"no usable image under {root} ({len(user_dirs)} folders, {len(result.rejected)} rejected): "
-            "expected one folder per user holding png/jpg/bmp/tif/webp images"
+            f"{rejection_summary(result.rejected)}; expected one folder per user holding png/jpg/bmp/tif/webp images"
         )
     return result

@@ -37,7 +37,16 @@ from aetune.data.images import DECOMPRESSION_BOMB, IMAGE_SUFFIXES, load_rgb
 from aetune.data.paired import write_data_documents
 from aetune.data.prepare import PrepareSummary, check_output_dir
 from aetune.data.prepared import DATASET_FILE, LABELS_FILE, SPLIT_FILE, PreparedData, check_dataset_name
-from aetune.data.scan import MIN_IMAGE_SIDE, ScanResult, _is_hidden, descend_wrappers, natural_key
+from aetune.data.scan import (
+    MIN_IMAGE_SIDE,
+    OUTSIDE_USER_FOLDER,
+    ScanResult,
+    _is_hidden,
+    descend_wrappers,
+    is_synthetic_manifest,
+    natural_key,
+    rejection_summary,
+)
 from aetune.data.split import check_val_ratio, duplicate_groups, split_groups, split_records
 from aetune.errors import AetuneError
 from aetune.io import atomic_path, atomic_write_json, read_json
@@ -138,8 +147,10 @@ def _check_video_file(path: Path, min_frames: int) -> tuple[VideoRecord | None, 
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                return None, "no video stream"
+                return None, "no video stream (an audio-only, empty or non-video file)"
             stream = container.streams.video[0]
+            if stream.codec_context is None:  # PyAV's FFmpeg has no decoder for it
+                return None, f"unsupported video codec ({stream.codec_tag or 'unknown'}): re-encode it as H.264 mp4"
             rate = stream.average_rate or stream.guessed_rate
             fmt = path.suffix.lower().lstrip(".")
             for frame in container.decode(stream):
@@ -147,8 +158,15 @@ def _check_video_file(path: Path, min_frames: int) -> tuple[VideoRecord | None, 
                 if reason:
                     return None, reason
     except (av.error.FFmpegError, OSError, ValueError) as e:  # PyAV's errors for corrupt or unsupported data
-        return None, f"unreadable video ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        return None, f"unreadable video: corrupt, truncated or not a video ({_av_reason(e, path)})"
     return _finish(digest, None if rate is None else float(Fraction(rate)), fmt, min_frames)
+
+
+def _av_reason(e: BaseException, path: Path) -> str:
+    """PyAV's message without the errno and the path it repeats: ``Invalid data found when processing input``."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    strerror = getattr(e, "strerror", None)
+    return str(strerror) if strerror else text.replace(f": '{path}'", "")
 
 
 def _check_frame_folder(folder: Path, min_frames: int) -> tuple[VideoRecord | None, str]:
@@ -221,8 +239,8 @@ def scan_videos(data_root: str | Path, min_frames: int = DEFAULT_MIN_FRAMES, pro
             result.rejected.append({"path": entry.name, "reason": "hidden file or folder (__MACOSX, dotfile)"})
         elif entry.is_dir():
             user_dirs.append(entry)
-        else:
-            result.rejected.append({"path": entry.name, "reason": "file outside any user folder"})
+        elif not is_synthetic_manifest(entry):
+            result.rejected.append({"path": entry.name, "reason": OUTSIDE_USER_FOLDER})
     jobs = [(d.name, p) for d in user_dirs for p in _candidates(d, root, result.rejected)]
     counts = {d.name: 0 for d in user_dirs}
     for user, p in tqdm(jobs, desc="checking videos", unit="video", disable=not progress):
@@ -238,9 +256,10 @@ def scan_videos(data_root: str | Path, min_frames: int = DEFAULT_MIN_FRAMES, pro
     result.empty_users = [d.name for d in user_dirs if not counts[d.name]]
     if not result.accepted:
         raise AetuneError(
-            f"no usable video under {root} ({len(user_dirs)} folders, {len(result.rejected)} rejected): expected "
-            f"one folder per user holding {'/'.join(sorted(s[1:] for s in VIDEO_SUFFIXES))} files or folders of "
-            f"frame images, each of at least {min_frames} frames"
+            f"no usable video under {root} ({len(user_dirs)} folders, {len(result.rejected)} rejected): "
+            f"{rejection_summary(result.rejected)}; expected one folder per user holding "
+            f"{'/'.join(sorted(s[1:] for s in VIDEO_SUFFIXES))} files or folders of frame images, each of at least "
+            f"{min_frames} frames"
         )
     return result
 
@@ -327,10 +346,18 @@ def iter_frames(path: Path) -> Iterator[np.ndarray]:
     av = require("av", "video data")
     try:
         with av.open(str(path)) as container:
+            if not container.streams.video or container.streams.video[0].codec_context is None:
+                raise AetuneError(
+                    f"{path} has no decodable video stream any more: it changed since step 3; re-run step 3 to "
+                    "re-scan the dataset"
+                )
             for frame in container.decode(container.streams.video[0]):
                 yield frame.to_ndarray(format="rgb24")
     except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise AetuneError(f"cannot decode {path} ({e}); re-run step 3 to re-scan the dataset") from e
+        raise AetuneError(
+            f"cannot decode {path} ({_av_reason(e, path)}): it changed since step 3; re-run step 3 to re-scan the "
+            "dataset"
+        ) from e
 
 
 def decode_video(path: Path, size: tuple[int, int], stride: int = 1) -> np.ndarray:
@@ -351,6 +378,15 @@ def _source_key(path: Path, size: tuple[int, int], stride: int) -> str:
     return h.hexdigest()
 
 
+def _cached_key(meta: Path) -> str | None:
+    """The key recorded beside a cached video; None when the record is damaged (the video is decoded again)."""
+    try:
+        doc = read_json(meta)
+    except (AetuneError, OSError):
+        return None
+    return doc.get("key") if isinstance(doc, dict) else None
+
+
 def clip_cache_dir(work_dir: Path, size: tuple[int, int], stride: int) -> Path:
     """``<work>/cache/video_<H>x<W>_s<stride>/``: one ``.npy`` (+ ``.json`` key) per video."""
     return Path(work_dir) / CACHE_SUBDIR / f"video_{size[0]}x{size[1]}_s{stride}"
@@ -360,8 +396,10 @@ def cached_video(path: Path, relpath: str, cache_dir: Path, size: tuple[int, int
     """The cache file of one video, decoded now unless a valid one exists (written atomically, array first)."""
     name = hashlib.sha1(relpath.encode("utf-8")).hexdigest()[:16]
     out, meta = cache_dir / f"{name}.npy", cache_dir / f"{name}.json"
+    if not path.exists():
+        raise AetuneError(f"{path} is missing: the data moved since step 3; pass --data_root or re-run step 3")
     key = _source_key(path, size, stride)
-    if out.is_file() and meta.is_file() and read_json(meta).get("key") == key:
+    if out.is_file() and meta.is_file() and _cached_key(meta) == key:
         return out
     frames = decode_video(path, size, stride)
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
@@ -392,6 +430,23 @@ def build_clip_cache(
     ]
 
 
+def _cached_frames(f: Path) -> int:
+    """Frames of a cached video (its header only); one error line naming the file when it is damaged."""
+    try:
+        arr = np.load(f, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:
+        raise AetuneError(
+            f"cached video {f} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}): delete "
+            f"{f.parent} and re-run (it is rebuilt from the videos)"
+        ) from e
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise AetuneError(
+            f"cached video {f} holds {arr.dtype} {list(arr.shape)}, not (T, H, W, 3) uint8: delete {f.parent} and "
+            "re-run"
+        )
+    return int(arr.shape[0])
+
+
 class VideoClips(Dataset):
     """Non-overlapping clips of cached videos: ``(clip (frames, 3, H, W) uint8, label)``.
 
@@ -416,7 +471,7 @@ class VideoClips(Dataset):
         self.index: list[tuple[int, int]] = []  # (video, first frame)
         short = []
         for v, f in enumerate(files):
-            n = np.load(f, mmap_mode="r").shape[0]
+            n = _cached_frames(f)
             self.index += [(v, k * frames) for k in range(n // frames)]
             if n < frames:
                 short.append(f"{f.name} ({n})")

@@ -32,7 +32,14 @@ from aetune.data.prepare import PrepareSummary, check_output_dir
 from aetune.data.prepared import DATASET_FILE, LABELS_FILE, SPLIT_FILE, PreparedData, check_dataset_name, data_dir
 from aetune.data.scan import ScanResult
 from aetune.data.split import check_val_ratio, duplicate_groups, split_records
-from aetune.data.volumes import VolumeRecord, VolumeTransform, load_volume, resize_volume, scan_volumes
+from aetune.data.volumes import (
+    VolumeRecord,
+    VolumeTransform,
+    VolumeUnusable,
+    load_volume,
+    resize_volume,
+    scan_volumes,
+)
 from aetune.errors import AetuneError
 from aetune.io import atomic_path, read_json
 
@@ -172,8 +179,19 @@ def _volume_info(work_dir: Path) -> tuple[VolumeTransform, tuple[int, int, int],
 
 
 def _load(path: Path, transform: VolumeTransform, shape: tuple[int, int, int]) -> np.ndarray:
-    """One file -> (D, H, W) float16 in [-1, 1] at ``shape``."""
-    data = transform(load_volume(path))
+    """One file -> (D, H, W) float16 in [-1, 1] at ``shape``.
+
+    Raises:
+        AetuneError: the file is gone or no longer usable (it changed since step 3), naming it.
+    """
+    if not path.is_file():
+        raise AetuneError(f"{path} is missing: the data moved since step 3; pass --data_root or re-run step 3")
+    try:
+        data = transform(load_volume(path))
+    except VolumeUnusable as e:
+        raise AetuneError(f"{path}: {e}; it changed since step 3: re-run step 3 to re-scan the volumes") from e
+    except ValueError as e:  # normalize_intensity: a volume that became constant
+        raise AetuneError(f"{path}: {e}; re-run step 3 to re-scan the volumes") from e
     return resize_volume(data, shape).clip(-1.0, 1.0).astype(np.float16)
 
 
@@ -193,6 +211,17 @@ def prepare_volume_cache(prepared: PreparedData, split: str, size: int, work_dir
                 np.save(f, _load(prepared.path(s), transform, shape))
 
 
+def _cached_volume(f: Path) -> np.ndarray:
+    """A memory-mapped cache file; one error line naming it when it is damaged."""
+    try:
+        return np.load(f, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:
+        raise AetuneError(
+            f"cached volume {f} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}): delete "
+            f"{f.parent} and re-run (it is rebuilt from the volumes)"
+        ) from e
+
+
 class VolumeDataset(Dataset):
     """Items ``(float16 (1, D, H, W) in [-1, 1], label)``: volumes in memory, or memory-mapped cache files."""
 
@@ -204,7 +233,7 @@ class VolumeDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         v = self.volumes[i]
-        data = np.load(v, mmap_mode="r") if isinstance(v, Path) else v
+        data = _cached_volume(v) if isinstance(v, Path) else v
         return torch.from_numpy(np.array(data))[None], self.labels[i]  # (D, H, W) -> (1, D, H, W)
 
 

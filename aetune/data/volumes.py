@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from aetune.data.scan import ScanResult, _is_hidden, descend_wrappers, natural_key
+from aetune.data.scan import (
+    ScanResult,
+    _is_hidden,
+    descend_wrappers,
+    is_synthetic_manifest,
+    natural_key,
+    rejection_summary,
+)
 from aetune.errors import AetuneError
 from aetune.optional import require
 
@@ -37,6 +44,9 @@ FLAT_GROUP = "all"
 """Group (label name) of the volumes of a flat folder."""
 MIN_VOLUME_SIDE = 8
 """Smaller sides cannot pass an f4 autoencoder with room for a latent (8 voxels -> 2)."""
+MAX_VOLUME_VOXELS = 1 << 28
+"""Largest volume read (268,435,456 voxels, 1 GiB as float32: 1024 x 512 x 512): a file's header is checked
+against it before anything is allocated, so a damaged or hostile header cannot exhaust the memory."""
 
 
 class VolumeUnusable(AetuneError):
@@ -106,6 +116,44 @@ def _single_channel(arr: np.ndarray, nifti: bool) -> np.ndarray:
     )
 
 
+def _check_declared(shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse, from a header alone, a volume too large to read or of a non-numeric dtype (nothing allocated yet)."""
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        what = "pickled Python objects" if dtype.hasobject else str(dtype)
+        raise VolumeUnusable(
+            f"voxels of dtype {what}: expected integer or floating point numbers (save a real-valued array, "
+            "e.g. np.save(path, volume.astype(np.float32)))"
+        )
+    voxels = int(np.prod([int(n) for n in shape], dtype=object)) if shape else 1
+    if voxels > MAX_VOLUME_VOXELS:
+        raise VolumeUnusable(
+            f"the header declares {'x'.join(map(str, shape))} = {voxels:,} voxels, over the limit of "
+            f"{MAX_VOLUME_VOXELS:,} (1 GiB as float32): crop or downsample it, or the header is damaged"
+        )
+
+
+def _npy_header(f: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from the header of an open ``.npy`` stream, reading no data."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _, dtype = read(f)
+    return tuple(shape), np.dtype(dtype)
+
+
+def _check_npy_headers(path: Path, suffix: str) -> None:
+    """:func:`_check_declared` on every array header of a ``.npy`` / ``.npz`` file."""
+    if suffix == ".npy":
+        with open(path, "rb") as f:
+            _check_declared(*_npy_header(f))
+        return
+    with zipfile.ZipFile(path) as z:
+        for name in z.namelist():
+            if name.endswith(".npy") and name != "spacing.npy":
+                with z.open(name) as f:
+                    _check_declared(*_npy_header(f))
+
+
 def _read_npz(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
     with np.load(path, allow_pickle=False) as npz:
         names = [n for n in npz.files if n != "spacing"]
@@ -133,27 +181,30 @@ def load_volume(path: str | Path) -> Volume:
         raise VolumeUnusable("empty file (0 bytes)")
     spacing: tuple[float, ...] | None = None
     # What a truncated or corrupt file raises: gzip EOFError or zlib.error, a bad zip BadZipFile, a bad .npy
-    # header ValueError, nibabel's ImageFileError (not a ValueError in nibabel 5).
-    errors: tuple[type[Exception], ...] = (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile)
+    # header ValueError, nibabel's ImageFileError (not a ValueError in nibabel 5); MemoryError for a header
+    # under the limit that still does not fit in this machine.
+    errors: tuple[type[Exception], ...] = (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile, MemoryError)
     try:
         if suffix in (".nii", ".nii.gz"):
             nib = require("nibabel", "NIfTI volumes")
             errors += (nib.filebasedimages.ImageFileError,)
-            img = nib.load(str(path))
+            img = nib.load(str(path))  # reads the header only
+            _check_declared(tuple(img.header.get_data_shape()), np.dtype(img.get_data_dtype()))
             fmt, dtype = "nifti", str(img.get_data_dtype())
             arr = np.asanyarray(img.dataobj)  # applies the header's scl_slope / scl_inter
             spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
             arr = _single_channel(arr, nifti=True)
         else:
+            _check_npy_headers(path, suffix)
             arr, spacing = _read_npz(path) if suffix == ".npz" else (np.load(path, allow_pickle=False), None)
             fmt, dtype = suffix[1:], str(arr.dtype)
             arr = _single_channel(arr, nifti=False)
     except VolumeUnusable:
         raise
     except errors as e:
-        raise VolumeUnusable(f"unreadable or truncated {suffix} file ({type(e).__name__}: {e})") from e
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise VolumeUnusable(f"voxels of dtype {arr.dtype}: expected integer or floating point numbers")
+        reason = str(e).splitlines()[0][:200] if str(e) else ""
+        raise VolumeUnusable(f"unreadable or truncated {suffix} file ({type(e).__name__}: {reason})") from e
+    _check_declared(arr.shape, arr.dtype)  # what the header did not say (the dtype NIfTI scaling gives)
     spacing = spacing or (1.0, 1.0, 1.0)
     if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
         raise VolumeUnusable(f"voxel spacing {list(spacing)} is not 3 positive numbers (fix the header)")
@@ -215,6 +266,8 @@ def scan_volumes(data_root: str | Path, progress: bool = True) -> ScanResult:
     for entry in entries:
         if _is_hidden(entry.name):
             result.rejected.append({"path": entry.name, "reason": "hidden file or folder (__MACOSX, dotfile)"})
+        elif entry.is_file() and is_synthetic_manifest(entry):
+            continue
         elif entry.is_file():
             if groups:
                 result.rejected.append({"path": entry.name, "reason": "file outside any group folder"})
@@ -244,8 +297,9 @@ def scan_volumes(data_root: str | Path, progress: bool = True) -> ScanResult:
     result.empty_users = [n for n in names if not counts[n]]
     if not result.accepted:
         raise AetuneError(
-            f"no usable volume under {root} ({len(result.rejected)} files rejected): expected "
-            f"{', '.join(VOLUME_SUFFIXES)} volumes in one folder per group, or directly in the folder"
+            f"no usable volume under {root} ({len(result.rejected)} files rejected): "
+            f"{rejection_summary(result.rejected)}; expected {', '.join(VOLUME_SUFFIXES)} volumes in one folder per "
+            "group, or directly in the folder"
         )
     return result
 

@@ -10,12 +10,15 @@ when this module is imported, so ``aetune`` imports (and lists ``kl3d``) without
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from aetune.models.base import Autoencoder, FamilyConfig, ModelConfigError, run_block
+from aetune.models.loading import CheckpointError, LoadReport, _few, describe_model, guess_family, read_state_dict
 from aetune.models.outputs import DecoderOutput, DiagonalGaussian, EncoderOutput
 from aetune.models.registry import register_family
 from aetune.optional import require
@@ -130,3 +133,48 @@ class KL3DAutoencoder(Autoencoder):
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.use_checkpoint = enabled
+
+
+def load_kl3d_weights(model: KL3DAutoencoder, path_or_state_dict: str | Path | Mapping[str, Tensor]) -> LoadReport:
+    """Load MONAI ``AutoencoderKL`` weights (``torch.save(autoencoder.state_dict())``, MONAI's key names) strictly.
+
+    Args:
+        model: the ``kl3d`` model, built with the options the weights were trained with.
+        path_or_state_dict: a weights file (``.pt``, ``.pth``, ``.safetensors``; never unpickled code; a Lightning
+            checkpoint is unwrapped to its ``state_dict``) or a state dict.
+
+    Returns:
+        The ``LoadReport``.
+
+    Raises:
+        CheckpointError: one line naming the file: unreadable, the weights of another family (named when the keys
+            tell), missing or unexpected keys, or tensors of other shapes (other ``channels``/``latent_channels``).
+    """
+    state, source = read_state_dict(path_or_state_dict)
+    if not any(k.startswith("quant_conv_mu.") for k in state):
+        guess = guess_family(state)
+        raise CheckpointError(
+            f"{source} is not a MONAI 3-D AutoencoderKL state dict (no quant_conv_mu.* keys; keys start "
+            f"{_few(list(state), 3)})" + (f"; it looks like {guess}" if guess else "") + ": --pretrained_path for "
+            "kl3d takes MONAI AutoencoderKL weights, torch.save(autoencoder.state_dict(), path)"
+        )
+    ours = model.state_dict()
+    report = LoadReport(source=source)
+    report.missing = [k for k in ours if k not in state]
+    report.unexpected = [k for k in state if k not in ours]
+    bad = [(k, list(v.shape), list(ours[k].shape)) for k, v in state.items() if k in ours and v.shape != ours[k].shape]
+    if bad:
+        key, theirs, mine = bad[0]
+        raise CheckpointError(
+            f"{source} does not fit the model ({describe_model(model)}): {key} is {theirs} there and {mine} here "
+            f"({len(bad)} tensors differ); build the model with the weights' channels and latent_channels"
+        )
+    if report.missing or report.unexpected:
+        raise CheckpointError(
+            f"{source} does not match the model ({describe_model(model)}): missing {_few(report.missing)}; "
+            f"unexpected {_few(report.unexpected)}; build the model with the weights' options (attention_levels, "
+            "num_res_blocks, with_*_nonlocal_attn)"
+        )
+    model.load_state_dict(dict(state), strict=True)
+    report.loaded = len(state)
+    return report

@@ -11,6 +11,7 @@ error.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -229,10 +230,51 @@ def describe_model(model: Autoencoder) -> str:
     return f"{model.family}({', '.join(f'{k}={v}' for k, v in diff.items()) or 'defaults'})"
 
 
+def guess_family(state: Mapping[str, object]) -> str | None:
+    """Which family's weights a state dict looks like, in words (``"a taesd encoder (taesd_encoder.pth)"``), or None.
+
+    Only the key names are read, so a file given to the wrong family is named in the error instead of being
+    reported as a list of missing keys. Checked in an order where no earlier layout is a subset of a later one.
+    """
+    keys = list(state)
+
+    def has(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in keys)
+
+    if has("x_embedder.") or has("t_embedder.") or has("final_layer.adaLN"):
+        return "a DiT / LightningDiT diffusion transformer, not an autoencoder"
+    if has("quant_conv_mu."):
+        return "a MONAI 3-D AutoencoderKL (family kl3d)"
+    if "encoder.conv_in.weight" in state and "post_quant_conv.weight" in state:
+        return "a vavae (VA-VAE) checkpoint" if "linear_proj.weight" in state else "a kl (LDM KL-VAE) checkpoint"
+    if has("encoder.down_blocks.") or has("decoder.up_blocks."):
+        return "a diffusers AutoencoderKL (an SD-style VAE; aetune's kl family reads the LDM layout)"
+    if has("decoder.decoder_layers.") and has("encoder."):
+        return "a diffusers AutoencoderRAE (family rae)"
+    if has("decoder_layers."):
+        return "a released RAE decoder model.pt (family rae)"
+    if any("embeddings.patch_embeddings." in k or "embeddings.patch_embedding." in k for k in keys):
+        return "a ViT vision encoder (DINOv2 / SigLIP / MAE: an RAE encoder file, family rae)"
+    if has("encoder.layers.") or has("decoder.layers."):
+        return "a diffusers AutoencoderTiny (family taesd)"
+    if keys and all(re.match(r"^(encoder|decoder)\.\d+\.", k) for k in keys):
+        return "a tiny autoencoder in aetune's layout (family taesd or taehv)"
+    if "0.weight" in state and has("1.conv."):
+        return "a released TAESD encoder half (taesd_encoder.pth, family taesd)"
+    if "1.weight" in state and has("3.conv.") and not has("0."):
+        return "a released TAESD decoder half (taesd_decoder.pth, family taesd)"
+    if has("main.") and any(k.endswith(".weight") for k in keys) and all(k.startswith("main.") for k in keys):
+        return "a PatchGAN discriminator alone"
+    return None
+
+
 def describe_checkpoint(state: Mapping[str, Tensor]) -> str:
     """What a state dict looks like: an LDM KL layout with or without ``linear_proj``, its widths."""
     if "encoder.conv_in.weight" not in state or "post_quant_conv.weight" not in state:
-        return f"not an LDM KL autoencoder: keys start {_few(list(state), 3)}"
+        guess = guess_family(state)
+        return f"not an LDM KL autoencoder: keys start {_few(list(state), 3)}" + (
+            f"; it looks like {guess}" if guess else ""
+        )
     family = "vavae" if "linear_proj.weight" in state else "kl"
     levels = len({k.split(".")[2] for k in state if k.startswith("encoder.down.")})
     ch = state["encoder.conv_in.weight"].shape[0]

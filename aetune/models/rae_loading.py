@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from aetune.models.loading import CheckpointError, LoadReport, _few, describe_model, read_state_dict
+from aetune.models.loading import CheckpointError, LoadReport, _few, describe_model, guess_family, read_state_dict
 from aetune.models.rae import LATENT_NORM_EPS, RAE
 from aetune.models.rae_encoders import EncoderSpec
 
@@ -84,9 +84,13 @@ def detect_layout(state: Mapping[str, Tensor], model: RAE) -> str:
     prefix = model.encoder.spec.file_prefix
     if any(k.startswith(prefix + "embeddings.") for k in state):
         return "encoder"
+    guess = guess_family(state)
     raise CheckpointError(
-        f"not an RAE file for encoder {model.encoder.name}: no decoder_layers.*, decoder.decoder_layers.* or "
-        f"{prefix}embeddings.* keys (keys start {_few(list(state), 3)})"
+        f"{getattr(state, 'source', 'the weights')} is not an RAE file for encoder {model.encoder.name}: no "
+        f"decoder_layers.*, decoder.decoder_layers.* or {prefix}embeddings.* keys (keys start {_few(list(state), 3)})"
+        + (f"; it looks like {guess}" if guess else "")
+        + ": --pretrained_path for rae takes a released decoder model.pt, a diffusers AutoencoderRAE file or the "
+        "encoder's own weights file"
     )
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from torch import Tensor
 
 from aetune.models.base import Autoencoder
-from aetune.models.loading import CheckpointError, LoadReport, _few, describe_model, read_state_dict
+from aetune.models.loading import CheckpointError, LoadReport, _few, describe_model, guess_family, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,12 @@ def to_aetune_keys(state: Mapping[str, Tensor], name: str = "<state dict>") -> d
             part, index, rest = m.group(1), int(m.group(2)), m.group(3)
             out[f"{part}.{index + (part == 'decoder')}.{rest}"] = v  # diffusers' Clamp is outside decoder.layers
         return out
+    guess = guess_family(state)
     raise CheckpointError(
-        f"{name} is not a tiny-autoencoder state dict (keys start {_few(list(state), 3)}): expected "
-        "taesd_encoder/decoder.pth, a diffusers AutoencoderTiny, a taehv .pth, or an aetune taesd/taehv file"
+        f"{name} is not a tiny-autoencoder state dict (keys start {_few(list(state), 3)})"
+        + (f"; it looks like {guess}" if guess else "")
+        + ": expected taesd_encoder/decoder.pth, a diffusers AutoencoderTiny, a taehv .pth, or an aetune "
+        "taesd/taehv file"
     )
 
 
