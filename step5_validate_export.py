@@ -5,9 +5,11 @@
     python step5_validate_export.py --checkpoint pretrained --metrics --kaggle   # before any training
 
 Writes <work_dir>/results as one set (built beside it, then swapped in): metrics.json (overall, per user,
-thresholds, user separability, the fine-tuning advice for the released model), reconstruction_results.png,
-latent_users.png, training_curves.png, latent_statistics.json, latents_stats.pt (LightningDiT format),
-<family>_encoder_for_dit.pt, <family>_<dataset>_lightningdit.pt and latents/ (LightningDiT's latent dataset).
+thresholds, constant-image baselines, user separability, the fine-tuning advice for the released model),
+reconstruction_results.png, latent_users.png, training_curves.png, latent_statistics.json, latents_stats.pt
+(LightningDiT format), <family>_encoder_for_dit.pt, <family>_<dataset>_lightningdit.pt (kl, vavae) and latents/
+(LightningDiT's latent dataset; image and volume runs). --all runs the parts that apply to the run's data kind
+and family and prints one line per part it skips; a part named on its own that does not apply is an error.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from aetune.cli import add_common_args, resolve_work_dir, run_main
+from aetune.cli import add_common_args, resolve_work_dir, run_script
 from aetune.errors import AetuneError
 
 log = logging.getLogger("aetune")
@@ -51,6 +53,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def choose_parts(args: argparse.Namespace, kind: str, family: str) -> tuple[set[str], dict[str, str]]:
+    """The parts to run for a run of data ``kind`` and ``family``, and what is skipped (label -> why).
+
+    Raises:
+        AetuneError: a part named on the command line does not apply to this data kind.
+    """
+    from aetune.export import LIGHTNINGDIT_FAMILIES
+    from aetune.latent_dataset import unsupported_reason
+
+    named = {p for p in PARTS if getattr(args, p)}
+    wanted = set(PARTS) if args.all or not named else named
+    skipped = {}
+    reason = unsupported_reason(kind)
+    if reason is not None and "export_latents" in wanted:
+        if "export_latents" in named and not args.all:
+            raise AetuneError(f"--export_latents does not apply to this {kind} run: {reason}")
+        wanted.discard("export_latents")
+        skipped["--export_latents"] = f"{kind} data: {reason}"
+    if "export" in wanted and family not in LIGHTNINGDIT_FAMILIES:
+        skipped["--export's *_lightningdit.pt"] = f"only {', '.join(LIGHTNINGDIT_FAMILIES)} have LightningDiT's layout"
+    return wanted, skipped
+
+
 def main(args: argparse.Namespace) -> int:
     from aetune import figures, report
     from aetune.config import load_config
@@ -65,7 +90,6 @@ def main(args: argparse.Namespace) -> int:
     from aetune.result_set import recover, staged_folder
     from aetune.tiny_export import export_preview_decoder, has_teacher
 
-    parts = {p for p in PARTS if args.all or getattr(args, p)} or set(PARTS)
     if args.batch_size < 1:
         raise AetuneError(f"--batch_size must be at least 1, got {args.batch_size}")
     device = resolve_device(args.device)
@@ -74,9 +98,13 @@ def main(args: argparse.Namespace) -> int:
     recover(out)  # a file in the way is an error before any work; a killed run's leftovers go
     prepared = load_prepared(work_dir, args.data_root)
     config = load_config(args.config, args.overrides) if args.config or args.overrides else None
+    kind = prepared_kind(work_dir)
     model, meta, ckpt = load_model(args.checkpoint, config, work_dir, prepared)
+    parts, skipped = choose_parts(args, kind, meta["family"])
     size, seed = int(meta["config"]["data"]["image_size"]), int(meta["config"]["train"]["seed"])
     log.info("%s: %s model, stage %s, on %s; parts: %s", ckpt, meta["family"], meta["stage"], device, ", ".join(parts))
+    for part, why in skipped.items():
+        log.info("skipped %s: %s", part, why)
     for warning in report.run_warnings(meta):
         log.warning("WARNING: %s", warning)
 
@@ -86,7 +114,6 @@ def main(args: argparse.Namespace) -> int:
         inception = args.inception_weights or recorded_weight(work_dir, "fid_inception")
         lpips_model, lpips_reason = report_lpips(meta)
         features, rfid_reason = inception_features(inception, device)
-    kind = prepared_kind(work_dir)
     if kind == "video":  # clips as the run trained on them (the kind API carries only the image size)
         from aetune.data.video_kind import bind_clips
 
@@ -131,7 +158,6 @@ def main(args: argparse.Namespace) -> int:
         if "export" in parts:
             exports = export_for_dit(res, model, stats, prepared.labels, size, info)
             written += exports
-            notes.append(f"use it in your DiT:\n\n{dit_snippet(out / exports[0].name, size, stats.latent_shape)}")
             if has_teacher(meta):  # a tiny decoder distilled from a teacher: what DiT sample previews decode with
                 written += export_preview_decoder(res, model, meta, size, device)
         if "export_latents" in parts:
@@ -142,6 +168,14 @@ def main(args: argparse.Namespace) -> int:
                 info={**info, "image_size": size}, progress=not args.no_progress,
             )  # fmt: skip
             written += [*exported.shards, exported.folder / "latents_stats.pt"]
+    if "export" in parts:  # the closing hint names what this run wrote, with this data kind's shapes
+        hint = dit_snippet(
+            out / exports[0].name, size, stats.latent_shape, kind=kind,
+            time_downscale=getattr(model, "time_downscale", 1),
+            lightningdit=out / exports[1].name if len(exports) > 1 else None,
+            latents=out / LATENTS_DIR if "export_latents" in parts else None,
+        )  # fmt: skip
+        notes.append(f"use it in your DiT:\n\n{hint}")
     names = [path.relative_to(res).as_posix() for path in written]
     for name in names:
         log.info("wrote %s", out / name)
@@ -154,4 +188,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_main(main, parse_args()))
+    raise SystemExit(run_script(main, parse_args))

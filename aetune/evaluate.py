@@ -39,6 +39,19 @@ def to_unit(x: Tensor) -> Tensor:
     return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
+def model_input(x: Tensor) -> Tensor:
+    """A batch as served -> the autoencoder's input: uint8 images [0, 255] -> [-1, 1]; float volumes as they are."""
+    return x.float() if x.is_floating_point() else to_model_range(x)
+
+
+def constant_image(real: Tensor) -> Tensor:
+    """Images (N, 3, H, W) in [0, 1] -> each image's mean colour everywhere: the best constant image (least MSE).
+
+    Its PSNR is the baseline a model must beat: a model that collapsed to a flat colour scores at most this.
+    """
+    return real.mean(dim=(-2, -1), keepdim=True).expand_as(real)
+
+
 @dataclass
 class SplitResult:
     """What one pass over a split produced (everything on CPU, in the split's image order).
@@ -47,8 +60,9 @@ class SplitResult:
         labels: (N,) int64 user labels.
         latents: (N, C*h*w) float32 flattened posterior means (the deterministic latents).
         stats: latent statistics of the split (source as requested).
-        per_image: name -> (N,) float64 for ``mse``, ``psnr``, ``psnr_y``, ``ssim_y`` (and ``lpips`` when
-            a pretrained LPIPS was given); empty without reconstruction.
+        per_image: name -> (N,) float64 for ``mse``, ``psnr``, ``psnr_y``, ``ssim_y``, the constant-image
+            baselines ``psnr_baseline`` and ``psnr_y_baseline`` (the PSNR of each image's mean colour,
+            ``constant_image``) and ``lpips`` when a pretrained LPIPS was given; empty without reconstruction.
         real_features, fake_features: (N, D) Inception features of originals and reconstructions, or None.
         examples: image index -> (original, reconstruction), each (3, S, S) float32 in [0, 1]; for paired
             data (original = the target GT, reconstruction = the output, the input LQ).
@@ -117,8 +131,7 @@ def evaluate_split(
     examples: dict[int, tuple[np.ndarray, ...]] = {}
     start = 0
     for *images, y in tqdm(DataLoader(dataset, batch_size=batch_size), desc=desc, unit="batch", disable=not progress):
-        x = images[0].to(device)
-        x = x.float() if x.is_floating_point() else to_model_range(x)  # uint8 -> [-1, 1]; volumes come as floats
+        x = model_input(images[0].to(device))  # uint8 -> [-1, 1]; volumes come as floats
         paired = len(images) == 2  # (input, target, label) items: restoration pairs
         volume = getattr(model, "spatial_dims", 2) == 3  # (B, 1, D, H, W) volumes (test doubles are 2-D)
         video = x.ndim == 5 and not volume  # (B, T, 3, S, S) clips
@@ -145,6 +158,8 @@ def evaluate_split(
                 "psnr": metrics.psnr(real, fake, y_channel=False),
                 "psnr_y": metrics.psnr(real, fake, y_channel=True),
                 "ssim_y": metrics.ssim(real, fake, y_channel=True),
+                "psnr_baseline": metrics.psnr(real, constant_image(real), y_channel=False),
+                "psnr_y_baseline": metrics.psnr(real, constant_image(real), y_channel=True),
             }
             if lpips_model is not None:
                 scores["lpips"] = metrics.lpips_distance(lpips_model, real, fake)

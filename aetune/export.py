@@ -184,11 +184,13 @@ class DiTEncoder(nn.Module):
         return self.normalize(z) if normalize else z
 
     def _channels(self, stat: Tensor, z: Tensor) -> Tensor:
-        """(1, C, 1, 1) statistics shaped to broadcast over ``z``'s channels: (1, C, 1, ..., 1) (volumes: 3 dims)."""
-        return stat.reshape(1, -1, *([1] * (z.ndim - 2)))
+        """(1, C, 1, 1) statistics shaped to broadcast over ``z``'s channels: (1, C, 1, 1, 1) for volumes
+        (B, C, d, h, w), (1, 1, C, 1, 1) for a 2-D family's video latents (B, T', C, h, w)."""
+        video = z.ndim == 5 and self.autoencoder.spatial_dims == 2
+        return stat.reshape(1, 1, -1, 1, 1) if video else stat.reshape(1, -1, *([1] * (z.ndim - 2)))
 
     def normalize(self, z: Tensor) -> Tensor:
-        """Raw latents (B, C, h, w) or (B, C, d, h, w) -> per-channel standardised latents."""
+        """Raw latents (B, C, h, w), (B, C, d, h, w) or video (B, T', C, h, w) -> per-channel standardised latents."""
         return (z - self._channels(self.latent_mean, z)) / self._channels(self.latent_std, z)
 
     def denormalize(self, z: Tensor) -> Tensor:
@@ -312,24 +314,63 @@ def export_for_dit(
     return written
 
 
-def dit_snippet(encoder_path: str | Path, image_size: int, latent_shape: tuple[int, ...] | list[int]) -> str:
-    """Python a user pastes into their DiT training code to get latents from the exported encoder."""
+def _snippet_shapes(
+    kind: str, image_size: int, latent_shape: tuple[int, ...] | list[int], time_downscale: int
+) -> tuple[str, str]:
+    """The snippet's input comment and the latents' shape for data of ``kind``."""
     c, *spatial = latent_shape
-    shape = ", ".join(map(str, [c, *spatial]))
-    inputs = (
-        "# images: volumes (B, 1, D, H, W) float32 in [-1, 1], transformed as data/dataset.json 'volume' records"
-        if len(spatial) == 3
-        else f"# images: (B, 3, {image_size}, {image_size}) float32 RGB in [-1, 1] (uint8 / 127.5 - 1); see "
-        "encoder.preprocessing"
+    if len(spatial) == 3:
+        return (
+            "# images: volumes (B, 1, D, H, W) float32 in [-1, 1], transformed as data/dataset.json 'volume' records",
+            ", ".join(map(str, [c, *spatial])),
+        )
+    if kind == "video":
+        return (
+            f"# images: clips (B, T, 3, {image_size}, {image_size}) float32 RGB frames in [-1, 1] (uint8 / 127.5 - 1)",
+            f"ceil(T / {time_downscale}), {c}, {spatial[0]}, {spatial[1]}",
+        )
+    what = "degraded (LQ) images " if kind == "pair" else ""
+    return (
+        f"# images: {what}(B, 3, {image_size}, {image_size}) float32 RGB in [-1, 1] (uint8 / 127.5 - 1); see "
+        "encoder.preprocessing",
+        ", ".join(map(str, [c, *spatial])),
     )
-    return f"""\
-import torch
-from aetune import load_encoder
 
-encoder = load_encoder("{encoder_path}", device="cuda" if torch.cuda.is_available() else "cpu")
-{inputs}
-z = encoder.encode(images, normalize=True)  # (B, {shape}), per-channel standardised: the DiT's input
-y = torch.tensor([encoder.labels[user] for user in users])  # class labels for the DiT's conditioning
-# after sampling: encoder.denormalize(z_generated) -> latents for the fine-tuned decoder
-# LightningDiT instead: point its tokenizer config's ckpt_path at the *_lightningdit.pt file and put
-# latents_stats.pt where its ImgLatentDataset looks for it"""
+
+def dit_snippet(
+    encoder_path: str | Path,
+    image_size: int,
+    latent_shape: tuple[int, ...] | list[int],
+    *,
+    kind: str = "image",
+    time_downscale: int = 1,
+    lightningdit: str | Path | None = None,
+    latents: str | Path | None = None,
+) -> str:
+    """Python a user pastes into their DiT training code to get latents from the exported encoder.
+
+    Args:
+        encoder_path: the ``<family>_encoder_for_dit.pt`` written.
+        image_size: the training side in pixels.
+        latent_shape: (C, h, w) or (C, d, h, w) of one image's (one frame's, one volume's) latents.
+        kind: the run's data kind (``image``, ``pair``, ``video``, ``volume``): what the encoder takes.
+        time_downscale: frames per latent frame (video).
+        lightningdit: the LightningDiT checkpoint this run wrote, if any.
+        latents: the latent-dataset folder this run wrote, if any.
+    """
+    inputs, shape = _snippet_shapes(kind, image_size, latent_shape, time_downscale)
+    lines = [
+        "import torch",
+        "from aetune import load_encoder",
+        "",
+        f'encoder = load_encoder("{encoder_path}", device="cuda" if torch.cuda.is_available() else "cpu")',
+        inputs,
+        f"z = encoder.encode(images, normalize=True)  # (B, {shape}), per-channel standardised: the DiT's input",
+        "y = torch.tensor([encoder.labels[user] for user in users])  # class labels for the DiT's conditioning",
+        "# after sampling: encoder.denormalize(z_generated) -> latents for the fine-tuned decoder",
+    ]
+    if latents is not None:
+        lines.append(f"# the latents of every image, ready to train on (LightningDiT's ImgLatentDataset): {latents}")
+    if lightningdit is not None:
+        lines.append(f"# LightningDiT instead: point its tokenizer config's ckpt_path at {lightningdit}")
+    return "\n".join(lines)

@@ -16,6 +16,8 @@ What differs here, and why:
 - Labels are the user labels of ``data/labels.json`` (class-conditional DiT), not ImageFolder's.
 - ``latents_stats.pt`` is computed from all stored ``latents`` (LightningDiT samples 10,000 of them).
 - ``latents_index.json`` beside the shards says which image each row is (ignored by ``ImgLatentDataset``).
+- Volumes (``kind: volume``) are stored the same way with latents (N, C, d, h, w), for a 3-D DiT; restoration
+  pairs and video clips get no latent dataset (``unsupported_reason`` says why).
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from aetune.data.cache import to_model_range
 from aetune.data.prepared import Sample
 from aetune.errors import AetuneError
+from aetune.evaluate import model_input
 from aetune.io import atomic_path, atomic_torch_save, atomic_write_json
 from aetune.latent_stats import LATENT_SOURCES, LatentStatistics, LatentStatsAccumulator
 from aetune.models.base import Autoencoder
@@ -49,6 +51,18 @@ STATS_FILE = "latents_stats.pt"
 INDEX_FILE = "latents_index.json"
 DEFAULT_SOURCE = "sample"
 """LightningDiT stores ``posterior.sample()`` (``tokenizer/vavae.py`` ``encode_images``)."""
+UNSUPPORTED_KINDS = {
+    "pair": "a restoration run maps degraded inputs to clean targets, so there is no image set for a "
+    "class-conditional DiT to learn (the encoder is still exported by --export)",
+    "video": "video latents (one row per clip) are not exported yet; the clips' metrics, figures, latent "
+    "statistics and encoder are",
+}
+"""Data kind -> why its runs get no latent dataset (``image`` and ``volume`` runs get one)."""
+
+
+def unsupported_reason(kind: str) -> str | None:
+    """Why a run of data kind ``kind`` gets no latent dataset, or None when it gets one."""
+    return UNSUPPORTED_KINDS.get(kind)
 
 
 def shard_name(index: int, rank: int = 0) -> str:
@@ -91,6 +105,28 @@ def _save_shard(path: Path, latents: list[Tensor], second: list[Tensor], labels:
     return path
 
 
+def _check_items(dataset: Dataset, samples: Sequence[Sample], splits: Sequence[str]) -> None:
+    """Refuse what is not one ``(image or volume, label)`` item per sample and split, naming what came.
+
+    Raises:
+        AetuneError: no items, items of another shape, or not one item per sample.
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise AetuneError("no images to export: the dataset is empty")
+    width = len(dataset[0])  # type: ignore[index]
+    if width != 2:
+        raise AetuneError(
+            f"the latent dataset takes (image, label) items; these have {width} parts (paired LQ/GT data?): "
+            "export the encoder with --export instead"
+        )
+    if len(samples) != n or len(splits) != n:
+        raise AetuneError(
+            f"{n} items for {len(samples)} files and {len(splits)} split names: the latent dataset stores one row "
+            "per file (video clips are not exported yet)"
+        )
+
+
 @torch.inference_mode()
 def write_latent_dataset(
     folder: str | Path,
@@ -112,7 +148,8 @@ def write_latent_dataset(
     Args:
         folder: an empty (or new) folder.
         model: the autoencoder; put in eval mode on ``device``.
-        dataset: items ``(image (3, S, S) uint8, label)`` at the training size (``Evaluator.dataset``).
+        dataset: items ``(image (3, S, S) uint8, label)`` at the training size (``Evaluator.dataset``), or
+            ``(volume (1, D, H, W) float in [-1, 1], label)``.
         samples: the image behind each item, in order (for the index).
         splits: the split of each item (``"train"`` / ``"val"``), in order.
         source: ``"sample"`` (LightningDiT's choice), ``"mode"`` (the posterior mean), or None: ``sample`` for
@@ -125,17 +162,17 @@ def write_latent_dataset(
         progress: show a tqdm bar.
 
     Raises:
-        AetuneError: unknown source, a deterministic family asked for samples, or no images.
+        AetuneError: unknown source, a deterministic family asked for samples, no images, items that are not
+            ``(image, label)`` or not one per sample (pairs, clips).
     """
     if source is not None and source not in LATENT_SOURCES:
         raise AetuneError(f"latent source must be one of {', '.join(LATENT_SOURCES)}, got '{source}'")
-    if len(dataset) == 0 or len(samples) != len(dataset) or len(splits) != len(dataset):  # type: ignore[arg-type]
-        raise AetuneError(f"no images to export (dataset {len(dataset)}, samples {len(samples)})")  # type: ignore[arg-type]
+    _check_items(dataset, samples, splits)
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     model.eval().to(device)
     if source is None:  # LightningDiT's posterior samples where there is a posterior, else the latents themselves
-        first = to_model_range(dataset[0][0][None].to(device))  # type: ignore[index]
+        first = model_input(dataset[0][0][None].to(device))  # type: ignore[index]
         source = DEFAULT_SOURCE if model.encode(first).latent_dist is not None else "mode"
     generator = torch.Generator(device=device).manual_seed(seed)
     acc = LatentStatsAccumulator(source)
@@ -145,7 +182,7 @@ def write_latent_dataset(
     buffered = 0
     loader = DataLoader(dataset, batch_size=batch_size)
     for images, y in tqdm(loader, desc="exporting latents", unit="batch", disable=not progress):
-        enc = model.encode(to_model_range(images.to(device)))  # (B, 3, S, S) uint8 -> [-1, 1] -> latents
+        enc = model.encode(model_input(images.to(device)))  # (B, 3, S, S) uint8 or volumes -> [-1, 1] -> latents
         post = enc.latent_dist
         if source == "sample":
             if post is None:

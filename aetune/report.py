@@ -63,10 +63,19 @@ DEFINITIONS = {
     "rfid_num_images": "images the rFID covariances were estimated from",
     "rfid_note": "whether that is fewer than the 2048 feature dimensions (rank-deficient covariances)",
     "final_score": "PSNR + 10 * SSIM - 5 * LPIPS (the seed's single number)",
+    "psnr_baseline": "constant-image baseline: PSNR (RGB, dB) of predicting each image by its own mean colour, "
+    "the best flat image; averaged like psnr. A model at or below it reconstructs no structure (collapse)",
+    "psnr_y_baseline": "the same constant-image baseline on the BT.601 luma channel, beside psnr_y",
 }
 
-COLUMNS = ("mse", "psnr", "psnr_y", "ssim_y", "lpips")
-"""Per-image metrics shown in the table, in order."""
+COLUMNS = ("mse", "psnr", "psnr_baseline", "psnr_y", "psnr_y_baseline", "ssim_y", "lpips")
+"""Per-image metrics shown in the table, in order (each PSNR followed by its constant-image baseline)."""
+HEADERS = {"mse": "MSE", "psnr": "PSNR", "psnr_baseline": "const", "psnr_y": "PSNR-Y", "psnr_y_baseline": "const-Y",
+           "ssim_y": "SSIM-Y", "lpips": "LPIPS"}  # fmt: skip
+"""The table's header of each column."""
+
+BASELINE_CHECK = "PSNR above the constant-image baseline"
+"""The check that tells a collapsed model (a flat colour) from one that reconstructs: ``psnr > psnr_baseline``."""
 
 
 def final_score(summary: dict[str, Metric]) -> Metric:
@@ -95,6 +104,19 @@ def check_thresholds(summary: dict[str, Metric]) -> dict[str, bool | None]:
     return {t.name: t.passed(summary) for t in THRESHOLDS}
 
 
+def beats_baseline(summary: dict[str, Metric]) -> bool | None:
+    """Whether the mean PSNR is above the constant-image baseline's (None when either is missing)."""
+    psnr, base = summary.get("psnr"), summary.get("psnr_baseline")
+    if not isinstance(psnr, float) or not isinstance(base, float):
+        return None
+    return psnr > base
+
+
+def all_checks(summary: dict[str, Metric]) -> dict[str, bool | None]:
+    """The seed's thresholds and ``BASELINE_CHECK``: name -> passed (None when a metric is unavailable)."""
+    return {**check_thresholds(summary), BASELINE_CHECK: beats_baseline(summary)}
+
+
 def quality_report(
     per_image: dict[str, np.ndarray],
     labels: np.ndarray,
@@ -112,7 +134,8 @@ def quality_report(
         split_level: metrics of the whole split only (``rfid_report``), added to the overall summary.
 
     Returns:
-        {"overall": summary, "checks": {threshold: passed}, "per_user": {user: summary + checks}}.
+        {"overall": summary, "checks": {threshold: passed}, "per_user": {user: summary + checks}}; the checks
+        include ``BASELINE_CHECK``.
     """
     overall = {**summarize(per_image, unavailable), **(split_level or {})}
     per_user: dict[str, Any] = {}
@@ -121,8 +144,8 @@ def quality_report(
         if not mask.any():
             continue
         summary = summarize({k: v[mask] for k, v in per_image.items()}, unavailable)
-        per_user[user] = {"label": label, "num_images": int(mask.sum()), **summary, "checks": check_thresholds(summary)}
-    return {"overall": overall, "checks": check_thresholds(overall), "per_user": per_user}
+        per_user[user] = {"label": label, "num_images": int(mask.sum()), **summary, "checks": all_checks(summary)}
+    return {"overall": overall, "checks": all_checks(overall), "per_user": per_user}
 
 
 def rfid_report(evaluated: SplitResult, unavailable: str | None) -> dict[str, Metric | int]:
@@ -288,9 +311,20 @@ def _mark(passed: bool | None) -> str:
     return {True: "pass", False: "FAIL", None: "n/a"}[passed]
 
 
+def format_baseline(summary: dict[str, Metric]) -> str:
+    """One line: the check against the constant-image baseline, ``pass  PSNR above ...: 27.10 vs 12.30 (+14.80 dB)``."""
+    psnr, base = summary.get("psnr"), summary.get("psnr_baseline")
+    passed = beats_baseline(summary)
+    if passed is None:
+        return f" n/a  {BASELINE_CHECK}: needs reconstructions"
+    margin = float(psnr) - float(base)  # type: ignore[arg-type]
+    verdict = "" if passed else ": the reconstructions are no better than a flat colour (collapsed model)"
+    return f"{_mark(passed):>4}  {BASELINE_CHECK}: {psnr:.2f} vs {base:.2f} dB ({margin:+.2f} dB){verdict}"
+
+
 def format_table(report: dict[str, Any]) -> str:
-    """The per-user table (metrics and the two PSNR bars), the overall row, then every threshold check."""
-    headers = ["user", "n", "MSE", "PSNR", "PSNR-Y", "SSIM-Y", "LPIPS", ">25dB", ">30dB"]
+    """The per-user table (metrics, constant-image baselines, the two PSNR bars), the overall row, then the checks."""
+    headers = ["user", "n", *(HEADERS[c] for c in COLUMNS), ">25dB", ">30dB"]
     rows = []
     for user, s in report["per_user"].items():
         checks = s["checks"]
@@ -318,6 +352,8 @@ def format_table(report: dict[str, Any]) -> str:
         value = overall.get(t.metric)
         shown = _cell(value, t.metric) if isinstance(value, float) else str(value)
         out.append(f"{_mark(report['checks'][t.name]):>4}  {t.name}: {shown}")
+    out.append(format_baseline(overall))
+    out.append("      (const, const-Y: the PSNR of each image's own mean colour, a flat image; see metrics.json)")
     rfid = overall.get("rfid")
     note = f" ({overall['rfid_note']})" if "rfid_note" in overall else ""
     out.append(f"      rfid: {_cell(rfid, 'rfid') if isinstance(rfid, float) else rfid}{note}")

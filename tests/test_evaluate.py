@@ -67,9 +67,31 @@ def test_perfect_and_shifted_reconstructions_are_analytic() -> None:
     shifted = evaluate_split(Shift(0.05), data, batch_size=2, progress=False)
     np.testing.assert_allclose(shifted.per_image["mse"], 0.05**2, rtol=1e-4)
     np.testing.assert_allclose(shifted.per_image["psnr"], -10 * math.log10(0.05**2), rtol=1e-4)
-    assert set(shifted.per_image) == {"mse", "psnr", "psnr_y", "ssim_y"}  # no LPIPS given
+    assert set(shifted.per_image) == {"mse", "psnr", "psnr_y", "ssim_y", "psnr_baseline", "psnr_y_baseline"}
     assert shifted.labels.tolist() == [0, 1, 0, 1, 0]
     assert shifted.latents.shape == (5, 3 * 16 * 16)
+
+
+class Flat(Shift):
+    """A collapsed model: every reconstruction is its input's mean colour, a flat image."""
+
+    def decode(self, z: torch.Tensor) -> DecoderOutput:
+        return DecoderOutput(sample=z.mean(dim=(2, 3), keepdim=True).expand_as(z))
+
+
+def test_constant_image_baseline_is_the_psnr_of_each_images_mean_colour() -> None:
+    halves = np.zeros((2, 16, 16, 3), np.uint8)
+    halves[:, :, :8], halves[:, :, 8:] = 64, 192  # grey halves: mean colour 128/255, every pixel 64/255 from it
+    halves[1, :, :, 2] = 100  # image 1: a flat blue channel adds no error to its baseline (MSE over 3 channels)
+    data = CachedImages(halves, [0, 1])
+    rgb = [-20 * math.log10(64 / 255), -10 * math.log10((2 / 3) * (64 / 255) ** 2)]
+    y = [-20 * math.log10(219 / 255 * 64 / 255), -20 * math.log10((65.481 + 128.553) / 255 * 64 / 255)]
+    perfect = evaluate_split(Shift(0.0), data, batch_size=2, progress=False)
+    np.testing.assert_allclose(perfect.per_image["psnr_baseline"], rgb, rtol=1e-5)  # 12.01 and 13.77 dB
+    np.testing.assert_allclose(perfect.per_image["psnr_y_baseline"], y, rtol=1e-5)
+    np.testing.assert_allclose(perfect.per_image["psnr"], 100.0, atol=1e-4)  # far above its baseline
+    collapsed = evaluate_split(Flat(0.0), data, batch_size=2, progress=False)
+    np.testing.assert_allclose(collapsed.per_image["psnr"], rgb, rtol=1e-5)  # a flat model scores the baseline
 
 
 def test_latents_statistics_and_features_are_batch_size_invariant() -> None:

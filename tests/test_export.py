@@ -135,3 +135,18 @@ def test_lightningdit_export_rejects_other_layouts(tmp_path: Path, monkeypatch: 
     with pytest.raises(AetuneError, match="no LightningDiT counterpart"):
         save_lightningdit_checkpoint(tmp_path / "x.pt", model)
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_video_latents_are_normalised_per_channel_on_their_channel_axis(tmp_path: Path) -> None:
+    model = _tiny("taehv")
+    clips = torch.rand(2, 8, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1  # (B, T, 3, S, S)
+    with torch.no_grad():
+        z = model.encode(clips).latents  # (B, T', C, h, w)
+    acc = LatentStatsAccumulator("mode")
+    acc.update(z.flatten(0, 1))  # statistics over every latent frame, as step 5 takes them
+    stats = acc.result()
+    enc = load_encoder(save_encoder_export(tmp_path / "enc.pt", model, stats, LABELS, 32, {}))
+    mean, std = (v.reshape(1, 1, -1, 1, 1) for v in stats.lightningdit_stats().values())
+    normed = enc.encode(clips, normalize=True)
+    torch.testing.assert_close(normed, (z - mean) / std)
+    torch.testing.assert_close(enc.denormalize(normed), z)

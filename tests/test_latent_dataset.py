@@ -15,7 +15,7 @@ from safetensors import safe_open
 from aetune.data.cache import CachedImages
 from aetune.data.prepared import Sample
 from aetune.errors import AetuneError
-from aetune.latent_dataset import INDEX_FILE, STATS_FILE, shard_name, write_latent_dataset
+from aetune.latent_dataset import INDEX_FILE, STATS_FILE, shard_name, unsupported_reason, write_latent_dataset
 from aetune.models import create_autoencoder, get_family
 
 
@@ -119,3 +119,23 @@ def test_samples_are_seeded_and_sources_checked(tmp_path: Path, model: torch.nn.
         assert torch.equal(safe_open(a.shards[0], "pt").get_tensor(key), safe_open(b.shards[0], "pt").get_tensor(key))
     with pytest.raises(AetuneError, match="latent source must be one of"):
         write_latent_dataset(tmp_path / "c", model, dataset, samples, splits=splits, source="mean", progress=False)
+
+
+def test_volumes_are_encoded_as_served_and_pairs_are_refused(tmp_path: Path) -> None:
+    pytest.importorskip("monai")
+    torch.manual_seed(0)
+    kl3d = create_autoencoder("kl3d", **get_family("kl3d").tiny).eval()
+    volumes = torch.rand(3, 1, 16, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1  # float, [-1, 1]
+    items = [(v, 0) for v in volumes]
+    samples = [Sample(f"ID_0/vol_{i}.npy", "ID_0", 0) for i in range(3)]
+    info = write_latent_dataset(
+        tmp_path / "vol", kl3d, items, samples, splits=["train"] * 3, source="mode", progress=False
+    )
+    with torch.no_grad():
+        want = kl3d.encode(volumes).latents  # (3, C, d, h, w): the volumes as they are, not rescaled as uint8
+    torch.testing.assert_close(safe_open(info.shards[0], "pt").get_tensor("latents"), want)
+    pairs = [(torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(3, 8, 8, dtype=torch.uint8), 0)]
+    with pytest.raises(AetuneError, match=r"\(image, label\) items; these have 3 parts"):
+        write_latent_dataset(tmp_path / "pair", kl3d, pairs, samples[:1], splits=["train"], progress=False)
+    assert unsupported_reason("image") is None and unsupported_reason("volume") is None
+    assert "restoration" in unsupported_reason("pair") and "not exported yet" in unsupported_reason("video")

@@ -98,18 +98,50 @@ def test_five_steps_as_subprocesses(tmp_path: Path) -> None:
     check_work_dir(Path(work), users=3)
 
 
+def cpu_settings(tmp_path: Path) -> str:
+    """The notebook's settings for a CPU run: this checkout, a small synthetic dataset, the demo preset."""
+    from aetune.data.synthetic import generate_microdoppler_dataset
+
+    data = generate_microdoppler_dataset(tmp_path / "data", 4, 12, 64, progress=False)
+    train = " ".join(["--accelerator", "cpu", "--no_progress", *SHORT_TRAINING, "--set", "data.image_size=32"])
+    flags = {1: "--check_only --min_free_gb 1", 2: "", 3: "--no_progress", 4: train, 5: "--no_progress"}
+    values = {
+        "REPO": str(REPO), "DATA_ROOT": str(data), "VARIANT": "single", "SESSION": 1, "WORK": str(tmp_path / "work"),
+        "CONFIG": "demo", "STEP_FLAGS": flags,
+    }  # fmt: skip
+    return "\n".join(f"{name} = {value!r}" for name, value in values.items())
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_kaggle_notebook_runs_headless_in_demo_mode(tmp_path: Path, monkeypatch) -> None:
-    work = tmp_path / "work"
-    monkeypatch.setenv("AETUNE_NOTEBOOK_DEMO", "1")
-    monkeypatch.setenv("AETUNE_REPO", str(REPO))
-    monkeypatch.setenv("AETUNE_WORK", str(work))
-    monkeypatch.setenv("AETUNE_DEMO_TRAIN_ARGS", " ".join([*SHORT_TRAINING, "--set", "data.image_size=32"]))
+def test_kaggle_notebook_runs_headless_on_cpu(tmp_path: Path) -> None:
     nb = nbformat.read(REPO / "notebooks" / "kaggle_microdoppler.ipynb", as_version=4)
+    assert nb.metadata["kaggle"]["accelerator"] == "nvidiaTeslaT4"  # Kaggle opens it on GPU T4 x2
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    settings = nb.cells[code[0]]
+    assert settings.metadata.get("tags") == ["parameters"]  # the one cell a user edits comes first
+    text = "".join(c.source for c in nb.cells)
+    assert "pretrained_path" not in text and "P100-class" not in text and "os.environ" not in text
+    # Overrides after the settings cell, as papermill injects parameters: the rest runs as on Kaggle
+    injected = nbformat.v4.new_code_cell(cpu_settings(tmp_path), metadata={"tags": ["injected-parameters"]})
+    nb.cells.insert(code[0] + 1, injected)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.get("execution_count") for c in code_cells), "a code cell did not run"
     errors = [o for c in code_cells for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
     assert any(o.output_type == "display_data" for o in code_cells[-1].outputs), "the report cell showed no figure"
-    check_work_dir(work, users=4)
+    check_work_dir(tmp_path / "work", users=4)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_kaggle_notebook_clones_the_code_when_asked(tmp_path: Path) -> None:
+    if not (REPO / ".git").is_dir():
+        pytest.skip("this checkout is not a git repository: nothing to clone from")
+    nb = nbformat.read(REPO / "notebooks" / "kaggle_microdoppler.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    clone = tmp_path / "aetune"
+    settings = f"REPO = {str(clone)!r}\nGIT_URL = {REPO.as_uri()!r}\nWORK = {str(tmp_path / 'work')!r}"
+    nb.cells = [code[0], nbformat.v4.new_code_cell(settings), code[1]]  # the settings, the overrides, the setup
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert (clone / "step5_validate_export.py").is_file()  # cloned, and the steps run from there
+    assert f"code: {clone}" in "".join(o.get("text", "") for o in nb.cells[-1].outputs)

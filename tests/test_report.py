@@ -70,6 +70,32 @@ def test_quality_report_overall_and_per_user() -> None:
     assert "final_score: unavailable: needs ssim_y, lpips" in table
 
 
+def test_constant_image_baseline_beside_each_psnr() -> None:
+    per_image = {
+        "psnr": np.array([20.0, 22.0, 11.0, 13.0]),
+        "psnr_baseline": np.array([12.0, 14.0, 12.5, 13.5]),
+        "psnr_y": np.array([21.0, 23.0, 12.0, 14.0]),
+        "psnr_y_baseline": np.array([13.0, 15.0, 13.0, 14.0]),
+    }
+    q = report.quality_report(per_image, np.array([0, 0, 1, 1]), {"ID_1": 0, "ID_2": 1}, NO_LPIPS)
+    assert (q["overall"]["psnr_baseline"], q["overall"]["psnr_y_baseline"]) == (13.0, 13.75)
+    assert q["checks"][report.BASELINE_CHECK] is True  # 16.5 dB overall against 13.0
+    one, two = q["per_user"]["ID_1"], q["per_user"]["ID_2"]
+    assert (one["psnr"], one["psnr_baseline"], one["checks"][report.BASELINE_CHECK]) == (21.0, 13.0, True)
+    assert (two["psnr"], two["psnr_baseline"], two["checks"][report.BASELINE_CHECK]) == (12.0, 13.0, False)
+    lines = report.format_table(q).splitlines()
+    assert lines[0].split()[2:7] == ["MSE", "PSNR", "const", "PSNR-Y", "const-Y"]
+    assert next(x for x in lines if x.startswith("ID_2")).split()[3:7] == ["12.00", "13.00", "13.00", "13.50"]
+    line = next(x for x in lines if report.BASELINE_CHECK in x)
+    assert line.split()[0] == "pass" and "16.50 vs 13.00 dB (+3.50 dB)" in line
+    collapsed = report.quality_report({k: v[2:] for k, v in per_image.items()}, np.array([1, 1]), {"ID_2": 1}, {})
+    line = report.format_baseline(collapsed["overall"])
+    assert line.split()[0] == "FAIL" and "(-1.00 dB)" in line and "flat colour" in line
+    assert report.beats_baseline({"psnr": 30.0}) is None  # no baseline (no reconstructions): not a pass
+    doc = report.metrics_document(q, {}, {"family": "kl"}, "x.pt", "val")
+    assert "psnr_baseline" in doc["definitions"] and doc["overall"]["psnr_baseline"] == 13.0
+
+
 def test_probe_and_silhouette_on_separable_and_random_latents() -> None:
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 10, (3, 16))

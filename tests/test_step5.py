@@ -20,6 +20,7 @@ from aetune.export import load_encoder
 from aetune.models import create_autoencoder, get_family, lightningdit_state_dict
 from aetune.train.plan import RunState
 from tests.conftest import make_user_folders
+from tests.family_fixtures import TINY_DATA
 
 REPO = Path(__file__).resolve().parent.parent
 USERS = {"ID_1": 5, "ID_2": 5, "ID_10": 5}
@@ -35,13 +36,18 @@ def _run(args: list[str]) -> int:
 
 
 def _write_final(
-    work: Path, family: str = "vavae", seed: int = 0, name: str | None = None, labels: dict[str, int] | None = None
+    work: Path,
+    family: str = "vavae",
+    seed: int = 0,
+    name: str | None = None,
+    labels: dict[str, int] | None = None,
+    preset: str = "demo",
 ) -> Path:
-    """A final model in step 4's format, from a tiny model and the demo preset (random teacher, no LPIPS)."""
+    """A final model in step 4's format, from a tiny model and ``preset`` (the demo: random teacher, no LPIPS)."""
     torch.manual_seed(seed)
     args = get_family(family).tiny
     model = create_autoencoder(family, **args)
-    cfg = load_config("demo", [f"model.family={family}", "data.image_size=32", "data.cache=ram"])
+    cfg = load_config(preset, [f"model.family={family}", "data.image_size=32", "data.cache=ram"])
     labels = labels or json.loads((work / "data" / "labels.json").read_text())
     path = work / "checkpoints" / (name or f"{family}_toy_final.pt")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -356,3 +362,72 @@ def test_export_latents_in_lightningdit_format(work: Path) -> None:
     assert [r["split"] for r in index["images"]] == ["train"] * _n(work, "train") + ["val"] * _n(work, "val")
     stats = torch.load(folder / "latents_stats.pt", weights_only=True)
     torch.testing.assert_close(stats["std"], latents.std(dim=[0, 2, 3], keepdim=True), rtol=1e-5, atol=1e-6)
+
+
+def _pair_work_dir(tmp: Path) -> Path:
+    """Step 3 on the built-in paired set (4 degradation types x 3 pairs, 32 px): kind ``pair``."""
+    import step3_prepare_dataset as step3
+
+    work = tmp / "work"
+    args = ["--synthetic_paired", "--pairs_per_type", "3", "--image_size", "32", "--output_dir", str(work)]
+    assert run_main(step3.main, step3.parse_args([*args, "--no_progress"])) == 0
+    return work
+
+
+KIND_RUNS = {
+    "image": ("taesd", "taesd_demo", None),
+    "pair": ("kl", "restoration_demo", None),
+    "video": ("taehv", "taehv_demo", "av"),
+    "volume": ("kl3d", "kl3d_demo", "monai"),
+}
+"""Data kind -> (a family of that kind, its demo preset, a package it needs); step 3's tiny work directories."""
+
+
+@pytest.fixture(params=list(KIND_RUNS))
+def kind_run(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, Path]:
+    """(kind, family, work directory): step 3 run on tiny data of the kind and a final model of the family."""
+    kind = request.param
+    family, preset, needs = KIND_RUNS[kind]
+    if needs:
+        pytest.importorskip(needs)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no Inception / VGG weights here
+    work = _pair_work_dir(tmp_path) if kind == "pair" else TINY_DATA[kind](tmp_path)
+    _write_final(work, family, preset=preset)
+    return kind, family, work
+
+
+def test_all_does_what_applies_to_every_data_kind(
+    kind_run: tuple[str, str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    kind, family, work = kind_run
+    assert _run(["--output_dir", str(work), "--device", "cpu", "--batch_size", "2"]) == 0  # no part named: --all
+    out = capsys.readouterr().out
+    res = work / "results"
+    names = {p.name for p in res.iterdir()}
+    common = {"metrics.json", "reconstruction_results.png", "latent_statistics.json", "latents_stats.pt"}
+    assert common | {f"{family}_encoder_for_dit.pt"} <= names
+    latents = kind in ("image", "volume")
+    assert ("latents" in names) is latents
+    assert ("skipped --export_latents: " + kind) in out or latents
+    lightningdit = f"{family}_toy_lightningdit.pt"
+    assert (lightningdit in names) is (family == "kl")  # kl and vavae only: the hint names it only then
+    assert (str(res / lightningdit) in out) is (family == "kl")
+    assert ("skipped --export's *_lightningdit.pt" in out) is (family != "kl")
+    hint = out[out.index("from aetune import load_encoder") :]
+    shapes = {"image": "(B, 3, 32, 32)", "pair": "degraded (LQ) images", "video": "clips (B, T, 3, 32, 32)"}
+    assert shapes.get(kind, "volumes (B, 1, D, H, W)") in hint
+    assert ("latents of every image" in hint) is latents
+    m = json.loads((res / "metrics.json").read_text())
+    assert isinstance(m["overall"]["psnr_baseline"], float) and "psnr_baseline" in m["definitions"]
+    overall = m["overall"]
+    assert m["checks"]["PSNR above the constant-image baseline"] is (overall["psnr"] > overall["psnr_baseline"])
+
+
+@pytest.mark.parametrize("kind_run", ["pair"], indirect=True)
+def test_export_latents_named_alone_is_an_error_where_it_does_not_apply(
+    kind_run: tuple[str, str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, _, work = kind_run
+    assert _run(["--output_dir", str(work), "--export_latents", "--device", "cpu"]) == 2
+    assert "--export_latents does not apply to this pair run" in _one_error_line(capsys)
+    assert not (work / "results").exists()
