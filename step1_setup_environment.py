@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from aetune.cli import add_common_args, resolve_work_dir, run_main
+from aetune.cli import add_common_args, resolve_work_dir, run_script
 from aetune.config import load_config
 from aetune.disk_budget import disk_plan
 from aetune.env import (
@@ -150,4 +150,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_main(main, parse_args()))
+    raise SystemExit(run_script(main, parse_args))

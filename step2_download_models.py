@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from huggingface_hub import constants as hf_constants
 
-from aetune.cli import add_common_args, resolve_work_dir, run_main
+from aetune.cli import add_common_args, resolve_work_dir, run_script
 from aetune.config import load_config
 from aetune.env import can_reach
 from aetune.errors import AetuneError
@@ -127,4 +127,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_main(main, parse_args()))
+    raise SystemExit(run_script(main, parse_args))

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from aetune.cli import add_common_args, resolve_work_dir, run_main
+from aetune.cli import add_common_args, resolve_work_dir, run_script
 
 STARTED = time.time()  # the session deadline counts from this process's start
 INTERRUPTED_EXIT = 3  # non-zero: a notebook's "Run All" must not go on to step 5 with a half-trained model
@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--devices", help='GPU indices, e.g. "0,1" for DDP on two GPUs; on CPU a process count')
     p.add_argument("--kaggle_t4", action="store_true", help='Kaggle "GPU T4 x2": --devices "0,1", fp16 mixed')
     p.add_argument("--num_nodes", type=int, default=1, help="machines (torchrun / SLURM start the processes)")
-    p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"], help="multi-device strategy")
+    p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"], help="multi-device strategy (fsdp: refused)")
     p.add_argument("--global_batch_size", type=int, help="images per optimizer step over all devices")
     p.add_argument("--max_hours", type=float, help="save and stop after H hours (--kaggle: 11.5)")
     p.add_argument("--stop_after_batches", type=int, help="save and stop this session after N batches")
@@ -134,4 +134,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_main(main, parse_args()))
+    raise SystemExit(run_script(main, parse_args))

@@ -25,23 +25,42 @@ T4 = GpuFact(0, "Tesla T4", (7, 5), 15.0)
 A100 = GpuFact(0, "A100", (8, 0), 40.0)
 
 
-def sampler(position: int, rank: int = 0, world: int = 1) -> StageBatchSampler:
-    return StageBatchSampler(num_items=20, batch_size=3, seed=7, position=lambda: position, rank=rank, world_size=world)
+def sampler(images: int, rank: int = 0, world: int = 1) -> StageBatchSampler:
+    """20 items, batch 3 per rank, after ``images`` images (the sampler counts images, all ranks together)."""
+    return StageBatchSampler(num_items=20, batch_size=3, seed=7, position=lambda: images, rank=rank, world_size=world)
 
 
 def test_sampler_resumes_mid_epoch_with_the_same_batches() -> None:
-    full = list(sampler(0)) + list(sampler(6))  # 20 // 3 = 6 batches per epoch; epoch 1 starts at batch 6
-    assert len(full) == 12 and all(len(b) == 3 for b in full)
-    assert sorted(i for b in full[:6] for i in b) == sorted(set(i for b in full[:6] for i in b))  # no repeats
-    assert full[:6] != full[6:]  # a new permutation per epoch
-    assert list(sampler(4)) == full[4:6]  # resumed at batch 4: the rest of epoch 0, exactly
-    assert list(sampler(9)) == full[9:12]
+    first = list(sampler(0))  # steps at 0, 3, ..., 18: the last one takes epoch 1's first item
+    assert len(first) == 7 and all(len(b) == 3 for b in first)
+    stream = [i for b in first for i in b]
+    assert sorted(stream[:20]) == list(range(20))  # every item once per epoch, none dropped
+    second = list(sampler(21))  # the next pass continues the stream in epoch 1
+    assert stream[20] == sampler(0).epoch_order(1)[0]
+    assert [i for b in second for i in b][:19] == sampler(0).epoch_order(1).tolist()[1:20]
+    assert list(sampler(12)) == first[4:]  # resumed after 12 images: the rest of the pass, exactly
 
 
 def test_sampler_ranks_take_disjoint_slices() -> None:
     r0, r1 = list(sampler(0, 0, 2)), list(sampler(0, 1, 2))
-    assert len(r0) == len(r1) == 3 == batches_per_epoch(20, 3, 2)
-    assert not {i for b in r0 for i in b} & {i for b in r1 for i in b}
+    assert len(r0) == len(r1) == 4 and batches_per_epoch(20, 3, 2) == 3  # 4 steps of 6 reach the end of 20
+    assert not {i for b in r0[:3] for i in b} & {i for b in r1[:3] for i in b}
+
+
+def test_sampler_sees_every_image_once_per_epoch_across_device_counts() -> None:
+    """A stage planned on 1 device (batch 2), resumed on 2, then on 1 again: the image counter, not a per-rank
+    batch counter, says where the data order continues, so no image of an epoch is skipped or repeated."""
+    seen: list[int] = []
+    images = 0
+    for world, steps in ((1, 2), (2, 2), (1, 3)):  # 4 + 8 + 6 = 18 images: one whole epoch of 18 items
+        for _ in range(steps):
+            for rank in range(world):
+                pass_ = StageBatchSampler(18, 2, seed=3, position=lambda n=images: n, rank=rank, world_size=world)
+                seen += next(iter(pass_))
+            images += 2 * world
+    assert sorted(seen) == list(range(18))
+    one_device = [i for b in StageBatchSampler(18, 2, seed=3, position=lambda: 0) for i in b]
+    assert seen == one_device  # the same order as a run that never changed devices
 
 
 def test_too_few_images_for_one_batch_is_an_error() -> None:

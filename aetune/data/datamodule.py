@@ -1,10 +1,11 @@
 """The training and validation loaders of step 4: cached uint8 images in a resumable, rank-aware order.
 
-The training order is a pure function of the stage's batch counter: batch ``b`` comes from epoch
-``b // batches_per_epoch`` (a permutation seeded by ``seed + epoch``), position ``b % batches_per_epoch``,
-and DDP rank ``r`` of ``W`` takes the ``r``-th of ``W`` consecutive slices. A run resumed at batch ``b`` (from
-``last.ckpt``) therefore sees exactly the batches an uninterrupted run would, without Lightning's
-mid-epoch loader state.
+The training order is one stream of items: data epoch ``e``'s permutation (seeded by ``seed + e``) followed by
+epoch ``e + 1``'s, and so on. After the stage has trained ``n`` images (all ranks together), the next step reads
+the stream from position ``n``, and DDP rank ``r`` of ``W`` takes the ``r``-th of ``W`` consecutive slices of the
+step. A run resumed after ``n`` images (from ``last.ckpt``) therefore sees exactly the images an uninterrupted
+run would, without Lightning's mid-epoch loader state, also on another number of devices: every image is seen
+once per epoch whatever the step size (a step that crosses an epoch's end takes the next epoch's first items).
 """
 
 from __future__ import annotations
@@ -37,16 +38,17 @@ def batches_per_epoch(num_items: int, batch_size: int, world_size: int) -> int:
 
 
 class StageBatchSampler(Sampler[list[int]]):
-    """Batches of indices for one pass, starting where the stage's batch counter says.
+    """Batches of indices for one pass, starting where the stage's image counter says (see the module docstring).
 
-    Each ``iter()`` yields the rest of the data epoch that contains batch ``position()``; Lightning calls
-    ``iter()`` once per (its) epoch, after all earlier batches were trained, so ``position()`` is exact.
+    Each ``iter()`` yields steps from stream position ``position()`` until the step that reaches the end of that
+    data epoch; Lightning calls ``iter()`` once per (its) epoch, after all earlier batches were trained, so
+    ``position()`` is exact.
 
     Args:
         num_items: size of the training split.
         batch_size: images per batch and rank.
         seed: seeds the per-epoch permutations.
-        position: the stage's number of batches already trained (restored from checkpoints).
+        position: the images the stage has trained, all ranks together (restored from checkpoints).
         rank, world_size: this process's DDP rank and the number of ranks.
     """
 
@@ -70,12 +72,22 @@ class StageBatchSampler(Sampler[list[int]]):
         """The permutation of data epoch ``epoch``: (num_items,) int64."""
         return torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + epoch))
 
+    def items(self, start: int, count: int) -> list[int]:
+        """The ``count`` items at stream positions ``start``, ``start + 1``, ... (across epoch boundaries)."""
+        out: list[int] = []
+        epoch, offset = divmod(start, self.num_items)
+        while len(out) < count:
+            out += self.epoch_order(epoch)[offset : offset + count - len(out)].tolist()
+            epoch, offset = epoch + 1, 0
+        return out
+
     def __iter__(self) -> Iterator[list[int]]:
-        epoch, start = divmod(self.position(), self.batches_per_epoch)
-        order = self.epoch_order(epoch)
-        for j in range(start, self.batches_per_epoch):
-            first = (j * self.world_size + self.rank) * self.batch_size  # rank r takes slice r of W per step
-            yield order[first : first + self.batch_size].tolist()
+        position = self.position()
+        step = self.batch_size * self.world_size
+        end = (position // self.num_items + 1) * self.num_items  # this pass ends with the epoch it starts in
+        while position < end:
+            yield self.items(position + self.rank * self.batch_size, self.batch_size)
+            position += step
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -89,7 +101,7 @@ class ImageDataModule(pl.LightningDataModule):
         num_workers: loader worker processes (0: in the main process).
         cache: ``ram`` or ``file`` (see ``aetune.data.cache``).
         seed: seeds the training order (see the module docstring).
-        position: the stage's batch counter (the LightningModule's ``batches_seen``).
+        position: the images the stage has trained (the LightningModule's ``images_seen``).
         progress: show decoding progress bars.
         kind: the data kind the recipe consumes (``aetune.data.kinds``).
     """

@@ -85,12 +85,14 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def lookup(self, images: Tensor) -> Tensor | None:
+    def lookup(self, images: Tensor, keys: Tensor | None = None) -> Tensor | None:
         """The cached features of uint8 ``images`` (B, C, H, W) as float32 on their device; None if any is missing.
 
-        One small device-to-host copy (B hashes); the rows travel host-to-device from pinned memory, non-blocking.
+        ``keys``: the images' fingerprints, taken on the host before the batch moved (no device read here);
+        without them the hashes are computed on the images' device and read back (one sync). The rows travel
+        host-to-device from pinned memory, non-blocking.
         """
-        keys = fingerprint(images).tolist()
+        keys = (fingerprint(images) if keys is None else keys).tolist()
         rows = [self.rows.get(k) for k in keys]
         if any(r is None for r in rows):
             return None

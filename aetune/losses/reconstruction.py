@@ -43,8 +43,14 @@ class FrozenLPIPS(nn.Module):
         return super().train(False)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        """LPIPS distance of images (B, 3, H, W) in [-1, 1]: (B, 1, 1, 1)."""
-        return self.net(x, y)
+        """LPIPS distance of images (B, 3, H, W) in [-1, 1]: (B, 1, 1, 1) float32.
+
+        Always float32, also inside a mixed-precision step: LPIPS unit-normalises each VGG feature map and
+        sums squared differences of small numbers, which fp16 / bf16 round to a different distance (and the
+        metric must not change with the training precision).
+        """
+        with torch.autocast(x.device.type, enabled=False):
+            return self.net(x.float(), y.float())
 
 
 def build_lpips(pretrained: bool = True) -> FrozenLPIPS:

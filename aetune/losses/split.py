@@ -31,6 +31,11 @@ Each call goes through the training module's ``backward`` (checked, divided by t
 by the fp16 loss scale): the probe's gradient is that factor, so the gradient read at the cut is unscaled
 exactly. The cut is a fresh leaf every batch and the weight-layer gradients come from ``autograd.grad``, so
 gradients accumulated in ``.grad`` over an accumulation window never enter the adaptive weights.
+
+Under fp16 the gradient gathered at the cut is the loss-scaled one, and at the scaler's start scale (65536) it
+overflows. Then the adaptive weights of that batch are taken as 0 (never NaN), and the overflow is carried on
+to the parameters, so the loss scaler sees it, skips the step and backs off, exactly as after the reference's
+single backward of the total, which overflows in the same place.
 """
 
 from __future__ import annotations
@@ -120,8 +125,8 @@ def split_backward(obj: SplitObjective, backward: Backward) -> None:
     """Backpropagate ``nll + kl_weight kl + d_weight g_loss + vf_weight vf`` through ``backward`` in two calls.
 
     Leaves in every parameter's ``.grad`` what one ``backward(total)`` of ``generator_objective``'s total leaves
-    (equal to float32 rounding; ``tests/test_one_backward.py``). Stops after the first call when the module
-    skipped it (a non-finite nll marks the window bad: its gradients are dropped anyway).
+    (equal to float32 rounding; ``tests/test_one_backward.py``). Stops after the first call when ``backward``
+    did not run it (no gradient reached the cut).
     """
     t, w, cut = obj.terms, obj.weights, obj.cut
     probe = torch.zeros((), device=t["nll"].device, requires_grad=True)
@@ -130,18 +135,20 @@ def split_backward(obj: SplitObjective, backward: Backward) -> None:
         return
     scale = probe.grad.detach()  # what the module multiplied the loss by: 1 / accumulation x loss scale
     nll_at_cut = cut.leaf.grad.detach().float() / scale
+    finite = torch.isfinite(nll_at_cut).all()  # False: an fp16 overflow (kept on the device: no host sync)
+    zero = torch.zeros((), device=scale.device)
     at_cut = nll_at_cut
-    d_weight = torch.zeros((), device=scale.device)
+    d_weight = zero
     if obj.at_output:
         (gan_at_cut,) = torch.autograd.grad(t["g_loss"], cut.leaf, retain_graph=True)  # the discriminator: once
         g_nll, g_gan = _vjp(cut, nll_at_cut, obj.gan_layer), _vjp(cut, gan_at_cut, obj.gan_layer)
-        d_weight = grad_ratio(g_nll, g_gan, GAN_MAX_WEIGHT) * w.disc_weight
+        d_weight = torch.where(finite, grad_ratio(g_nll, g_gan, GAN_MAX_WEIGHT) * w.disc_weight, zero)
         at_cut = nll_at_cut + d_weight * gan_at_cut.float()
     vf_weight = torch.tensor(w.vf_weight, device=scale.device)
     if obj.align_layer is not None:
         g_nll = _vjp(cut, nll_at_cut, obj.align_layer)  # cut at x_rec: the decoder, the second of two passes
         (g_vf,) = torch.autograd.grad(t["vf"], obj.align_layer, retain_graph=True)
-        vf_weight = grad_ratio(g_nll, g_vf, VF_MAX_WEIGHT) * w.vf_weight
+        vf_weight = torch.where(finite, grad_ratio(g_nll, g_vf, VF_MAX_WEIGHT) * w.vf_weight, zero)
     backward(w.kl_weight * t["kl"] + vf_weight * t["vf"] + cut.carry(at_cut))  # the rest: once
     total = t["nll"] + w.kl_weight * t["kl"] + d_weight * t["g_loss"] + vf_weight * t["vf"]
     for name, value in (("d_weight", d_weight), ("vf_weight", vf_weight), ("total", total)):

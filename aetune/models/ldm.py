@@ -149,8 +149,9 @@ class AttnBlock(nn.Module):
         b, c, h, w = x.shape
         y = self.norm(x)
         if use_fast(self.kernels, x):
-            # (B, C, h, w) -> (B, 1, hw, C): one head; the default scale is C**-0.5, as below
-            q, k, v = (t(y).reshape(b, 1, c, h * w).transpose(2, 3) for t in (self.q, self.k, self.v))
+            # (B, C, h, w) -> (B, 1, hw, C): one head; the default scale is C**-0.5, as below. Contiguous: CUDA's
+            # fused kernels want a unit-stride last dimension, which the transposed view (stride hw) lacks.
+            q, k, v = (t(y).reshape(b, 1, c, h * w).transpose(2, 3).contiguous() for t in (self.q, self.k, self.v))
             y = F.scaled_dot_product_attention(q, k, v)  # (B, 1, hw, C)
             return x + self.proj_out(y.transpose(2, 3).reshape(b, c, h, w))
         q = self.q(y).reshape(b, c, h * w).permute(0, 2, 1)  # (B, C, h, w) -> (B, hw, C)

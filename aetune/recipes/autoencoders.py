@@ -88,12 +88,11 @@ class KLRecipe(Recipe):
         """Whether this step takes :func:`aetune.losses.split.split_backward` (one decoder / LPIPS backward fewer).
 
         It saves work when an adaptive weight is needed (VF adaptive, or the GAN on). It is off for ``grad_norm``
-        batches (their per-term gradients need the weights in the forward), with ``loss.split_backward: false``,
-        outside training, and under DDP (two backward calls per forward would each trigger DDP's all-reduce).
+        batches (their per-term gradients need the weights in the forward), with ``loss.split_backward: false``
+        and outside training. Under DDP it is on too: the module's backward calls never all-reduce (the window
+        does, once), so a second call costs no communication.
         """
-        dist = torch.distributed
-        ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        wanted = self.loss.split_backward and torch.is_grad_enabled() and not ctx.parts and not ddp
+        wanted = self.loss.split_backward and torch.is_grad_enabled() and not ctx.parts
         return wanted and (gan_active or (align and self.weights.vf_adaptive))
 
     def generator_step(self, x: Tensor, target: Tensor, ctx: StepContext) -> PhaseResult:
@@ -115,7 +114,7 @@ class KLRecipe(Recipe):
         z_proj = feat = None
         if align:
             z_proj = self.autoencoder.project(z)  # (B, align_dim, h, w)
-            feat = self.teacher_features(x, tuple(z.shape[-2:]))  # (B, align_dim, h, w), no gradient
+            feat = self.teacher_features(x, tuple(z.shape[-2:]), ctx.keys)  # (B, align_dim, h, w), no gradient
         carry = {"x": x, "x_rec": x_rec}
         if cut is not None:
             t = generator_terms(x, x_out, posterior, self.weights, self.perceptual, logits_fake, z_proj, feat)
@@ -138,16 +137,15 @@ class KLRecipe(Recipe):
         total = terms.pop("total")
         return PhaseResult(total, terms, parts, carry)  # type: ignore[arg-type]
 
-    feature_cache: FeatureCache | None = None
-    """The teacher's features of the training images (:meth:`prepare_feature_cache`), or None: run it every step."""
     _cache_missed = False  # warned once that a batch was not in the cache
 
-    def teacher_features(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+    def teacher_features(self, x: Tensor, grid: tuple[int, int], keys: Tensor | None = None) -> Tensor:
         """The frozen teacher's (B, align_dim, h, w) features of ``x`` (no gradient): from the feature cache when
-        every image of the batch is in it (never with ``data.hflip``: flipped inputs are not cached)."""
+        every image of the batch is in it (never with ``data.hflip``: flipped inputs are not cached). ``keys``: the
+        batch's content hashes taken on the host (``StepContext.keys``), else they are computed here."""
         assert self.teacher is not None
         if self.feature_cache is not None and not self.cfg.data.hflip:
-            feat = self.feature_cache.lookup(to_uint8(x))
+            feat = self.feature_cache.lookup(to_uint8(x), keys)
             if feat is not None and feat.shape[-2:] == grid:
                 return feat
             if not self._cache_missed:

@@ -23,6 +23,8 @@ from torch import Tensor, nn
 
 from aetune import metrics
 from aetune.config import Config
+from aetune.data.feature_cache import FeatureCache, fingerprint
+from aetune.errors import AetuneError
 from aetune.models import Autoencoder
 
 
@@ -63,11 +65,14 @@ class StepContext:
         batch: batches of the stage trained before this one (every schedule counts these).
         generator: noise for this batch, seeded by (seed, stage, batch, rank): identical after a resume.
         parts: return the weighted loss terms with their graphs (``PhaseResult.parts``) for gradient norms.
+        keys: content hashes (B,) of the batch's input images, taken on the host before the batch moved to the
+            device (:meth:`Recipe.host_keys`), for ``FeatureCache.lookup``; None without a feature cache.
     """
 
     batch: int
     generator: torch.Generator
     parts: bool = False
+    keys: Tensor | None = None
 
 
 @dataclass
@@ -115,6 +120,16 @@ class Recipe:
         """The stage's discriminator alone (random weights), or None: ``build`` uses it, and the disk budget
         sizes checkpoints with it on the meta device."""
         return None
+
+    feature_cache: FeatureCache | None = None
+    """The frozen network's outputs of the training images (:meth:`prepare_feature_cache`); None: it runs."""
+
+    def host_keys(self, batch: Any) -> Tensor | None:
+        """The content hashes (B,) of a loader batch's uint8 images, on the host, when a feature cache is in use:
+        hashing there spares the step a device-to-host read (a sync) in ``FeatureCache.lookup``."""
+        if self.feature_cache is None or self.data_kind != "image":
+            return None
+        return fingerprint(batch[0])
 
     def prepare_feature_cache(self, images: np.ndarray, work_dir: Path, device: torch.device, progress: bool) -> Any:
         """Build or load the frozen-network outputs of the training images (``aetune.data.feature_cache``) and
@@ -220,4 +235,7 @@ class Recipe:
 
     def load_pretrained(self, path: str) -> str:
         """Load released weights for a stage that starts from ``--pretrained_path``; return what, in words."""
-        raise NotImplementedError(f"{type(self).__name__} cannot load --pretrained_path files")
+        raise AetuneError(
+            f"--pretrained_path is not supported for the {self.cfg.model.family} family: start it from random "
+            "weights (leave the flag out) or from an earlier stage's checkpoint"
+        )

@@ -9,6 +9,7 @@ with MONAI's ``PatchAdversarialLoss``. Each stage builds only what its loss swit
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -16,10 +17,12 @@ from torch import Tensor, nn
 
 from aetune.data.volume_kind import axial_slices
 from aetune.models import Autoencoder, create_autoencoder
-from aetune.models.kl3d import KL3DConfig
+from aetune.models.kl3d import KL3DConfig, load_kl3d_weights
 from aetune.models.kl3d_losses import PatchDiscriminator3D, build_perceptual_3d
 from aetune.optional import require
 from aetune.recipes.base import Networks, PhaseResult, Recipe, StepContext, frozen
+
+log = logging.getLogger(__name__)
 
 
 class KL3DRecipe(Recipe):
@@ -101,6 +104,12 @@ class KL3DRecipe(Recipe):
         fake = self.adversarial(logits_fake, target_is_real=False, for_discriminator=True)
         logs = {"logits_real": logits_real.detach().mean(), "logits_fake": logits_fake.detach().mean()}
         return PhaseResult(0.5 * (real + fake), logs)
+
+    def load_pretrained(self, path: str) -> str:
+        """MONAI ``AutoencoderKL`` weights (its key names), loaded strictly."""
+        report = load_kl3d_weights(self.autoencoder, path)  # type: ignore[arg-type]
+        log.info("%s", report.summary())
+        return f"pretrained {path}"
 
     def notes(self) -> dict[str, Any]:
         """A random perceptual trunk is reported like a random teacher: the numbers show the pipeline, not quality."""

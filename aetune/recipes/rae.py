@@ -113,9 +113,6 @@ class RAERecipe(Recipe):
         assert self.nets is not None
         return self.nets.frozen["dino"]  # type: ignore[return-value]
 
-    feature_cache: FeatureCache | None = None
-    """The shared on-disk cache of the training images' tokens (:meth:`prepare_feature_cache`), when prepared."""
-
     def prepare_feature_cache(
         self, images: np.ndarray, work_dir: Path, device: torch.device, progress: bool = True
     ) -> FeatureCache | None:
@@ -134,11 +131,11 @@ class RAERecipe(Recipe):
         )  # fmt: skip
         return self.feature_cache
 
-    def tokens(self, x: Tensor) -> Tensor:
+    def tokens(self, x: Tensor, keys: Tensor | None = None) -> Tensor:
         """Raw tokens (B, C, g, g) of images in [-1, 1]: from the shared cache when it holds the whole batch, else
         from the in-RAM token cache (each image encoded once per stage), else from the encoder."""
         if self.feature_cache is not None:
-            cached = self.feature_cache.lookup(to_uint8(x))
+            cached = self.feature_cache.lookup(to_uint8(x), keys)
             if cached is not None:
                 return cached
         if self.token_cache is not None:
@@ -146,7 +143,7 @@ class RAERecipe(Recipe):
         return self.rae.encode_tokens(x)
 
     def generator_step(self, x: Tensor, target: Tensor, ctx: StepContext) -> PhaseResult:
-        tokens = self.tokens(x)  # (B, C, g, g) raw; the frozen encoder has no gradient
+        tokens = self.tokens(x, ctx.keys)  # (B, C, g, g) raw; the frozen encoder has no gradient
         noisy = self.rae.add_noise(tokens, ctx.generator) if self.loss.token_noise else tokens
         x_rec = self.rae.decode_tokens(noisy)  # (B, 3, S, S) in [-1, 1]
         logits_fake = None

@@ -160,7 +160,7 @@ class TinyRecipe(Recipe):
         if teacher is None:
             x_rec = ae.decode(z).sample  # end to end from pixels
         else:
-            z_t = self.teacher_latents(x)  # (B, C, h, w) [video: (B, n, C, h, w)], no gradient
+            z_t = self.teacher_latents(x, ctx.keys)  # (B, C, h, w) [video: (B, n, C, h, w)], no gradient
             terms["enc_distill"] = loss.enc_distill_weight * latent_distill_loss(z, z_t)
             x_rec = ae.decode(z_t).sample  # the decoder learns the teacher's latent space
             if loss.dec_distill_weight > 0:
@@ -180,14 +180,11 @@ class TinyRecipe(Recipe):
         parts = dict(terms) if ctx.parts else {}
         return PhaseResult(total, {k: v.detach() for k, v in logs.items()}, parts, {"fake": fake, "real": target})
 
-    feature_cache: FeatureCache | None = None
-    """The teacher's scaled latents of the training images (:meth:`prepare_feature_cache`), or None."""
-
-    def teacher_latents(self, x: Tensor) -> Tensor:
+    def teacher_latents(self, x: Tensor, keys: Tensor | None = None) -> Tensor:
         """The teacher's scaled latents of ``x``: from the feature cache when every image of the batch is in it."""
         assert self.teacher is not None
         if self.feature_cache is not None and not self.cfg.data.hflip:
-            z = self.feature_cache.lookup(to_uint8(x))
+            z = self.feature_cache.lookup(to_uint8(x), keys)
             if z is not None:
                 return z
         return self.teacher.latents(x)

@@ -77,8 +77,10 @@ def split_stage_checkpoint(ckpt: dict[str, Any], source: str) -> tuple[dict[str,
             f"{source} is not an aetune checkpoint (no 'aetune' metadata); released weights go to --pretrained_path"
         )
     state = ckpt["state_dict"]
-    # With EMA on, the averaged weights are the model (validated, chosen as best, exported).
-    prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else "autoencoder."
+    # With EMA on, the averaged weights are the model (validated, chosen as best, exported) once they hold an
+    # update; before that (a stage shorter than train.ema.start_batch) the live weights are.
+    averaged = "ema.n_averaged" in state and int(state["ema.n_averaged"]) > 0
+    prefix = "ema.module." if averaged else "autoencoder."
     ae = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     d = {k.removeprefix("discriminator."): v for k, v in state.items() if k.startswith("discriminator.")}
     return ae, d, ckpt["aetune"]

@@ -10,6 +10,8 @@ mid-write keeps the previous file.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +47,7 @@ def stop_without_validation(trainer: pl.Trainer) -> None:
 
 
 SIGTERM_REASON = "SIGTERM (the notebook was stopped or the session is ending)"
+SIGINT_REASON = "Ctrl-C (SIGINT)"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -69,7 +72,9 @@ class SessionLimit(Callback):
 
     Lightning's ``max_time`` is not used: it accumulates time over resumed runs. The deadline and batch limit
     are taken when no gradients are pending (a smaller ``last.ckpt``); a SIGTERM (Lightning sets
-    ``trainer.received_sigterm``) stops after the current batch. Every decision is reduced over DDP ranks.
+    ``trainer.received_sigterm``) or a Ctrl-C (SIGINT, caught here during training) stops after the current
+    batch, with a save, as an interruption; a second Ctrl-C stops at once (Lightning's KeyboardInterrupt
+    handling, unsaved). Every decision is reduced over DDP ranks.
 
     Args:
         started: ``time.time()`` when this process started.
@@ -81,13 +86,35 @@ class SessionLimit(Callback):
         self.started, self.max_hours, self.max_batches = started, max_hours, max_batches
         self.batches = 0
         self.reason: str | None = None
+        self.sigint = False
+        self._previous_handler: Any = None
+
+    @property
+    def interrupted(self) -> bool:
+        """The session ended on a signal (SIGTERM or Ctrl-C), not on a limit."""
+        return self.reason in (SIGTERM_REASON, SIGINT_REASON, "another rank's interrupt")
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.sigint:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.sigint = True
+        log.warning("Ctrl-C: saving after this batch, then stopping (press Ctrl-C again to stop at once, unsaved)")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: AutoencoderModule) -> None:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: AutoencoderModule, stage: str) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: AutoencoderModule, *args: Any) -> None:
         self.batches += 1
         sigterm = bool(getattr(trainer, "received_sigterm", False))
-        if trainer.strategy.reduce_boolean_decision(sigterm, all=False):
+        if trainer.strategy.reduce_boolean_decision(sigterm or self.sigint, all=False):
             # No waiting for the window to close: the checkpoint keeps the window, and the kill follows soon.
-            self.reason = SIGTERM_REASON
+            self.reason = SIGTERM_REASON if sigterm else SIGINT_REASON if self.sigint else "another rank's interrupt"
             stop_without_validation(trainer)
             return
         if pl_module.window_open or trainer.should_stop:  # the stage is ending anyway, with its validation

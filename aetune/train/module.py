@@ -5,13 +5,23 @@ when the recipe has one and it is active for the batch. The recipe (``aetune.rec
 and computes each phase's objective; this module owns what every family shares: optimisers and learning-rate
 schedules per phase, accumulation over ``gradient_accumulation`` batches, clipping, one fp16 loss-scale
 update per window (``aetune.train.amp``), the non-finite guard, EMA of the generator, per-term gradient
-norms, checkpoint metadata and validation. Every schedule counts batches (``batches_seen``), never
-``global_step``, which Lightning advances once per optimizer step. Frozen networks are left out of
-checkpoints.
+norms, checkpoint metadata and validation. Frozen networks are left out of checkpoints.
+
+Counters. The stage counts the images it trained (all ranks together); ``batches_seen`` is that count in
+batches of the stage's plan (``batch_images`` images each: the per-device batch times the device count the
+stage started with). Every schedule (``disc_start``, warm-up and cosine, EMA start, checkpoints) and the data
+order follow it, never ``global_step`` (which Lightning advances once per optimizer step), so a stage resumed
+on another number of devices trains the planned images and keeps its schedules where they were.
+
+Host syncs and communication. Within an accumulation window nothing waits for the device: each phase's
+"losses were finite" flag stays a device tensor, and the backward calls run without DDP's all-reduce. When
+the window closes, each network's gradients are averaged over the ranks in one all-reduce (the flag rides
+along), and one host read of the flags decides which optimizers step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,7 +37,7 @@ from aetune.config import Config
 from aetune.errors import AetuneError
 from aetune.models import Autoencoder
 from aetune.recipes import StepContext, get_recipe
-from aetune.train.amp import update_scaler
+from aetune.train.amp import update_scaler, window_scaler
 from aetune.train.rfid import FIDTracker
 from aetune.train.rng import batch_seed, rng_state, set_rng_state
 from aetune.train.schedule import lr_at
@@ -46,10 +56,20 @@ class AutoencoderModule(pl.LightningModule):
         stage: the stage name (its loss options: ``cfg.stage_loss(stage)``).
         total_batches: batches this stage trains in all (across sessions).
         learning_rate: the generator's peak learning rate (the discriminator's unless ``train.d_learning_rate``).
-        meta: plain-Python facts written into every checkpoint (dataset, labels, origin...).
+        meta: plain-Python facts written into every checkpoint (dataset, labels, origin, world_size...).
+        batch_images: images in one batch of the stage's plan (default: ``train.batch_size`` x
+            ``meta["world_size"]``); a resumed stage keeps the value it started with.
     """
 
-    def __init__(self, cfg: Config, stage: str, total_batches: int, learning_rate: float, meta: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        stage: str,
+        total_batches: int,
+        learning_rate: float,
+        meta: dict[str, Any],
+        batch_images: int | None = None,
+    ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.cfg, self.stage, self.total_batches, self.learning_rate = cfg, stage, total_batches, learning_rate
@@ -74,25 +94,48 @@ class AutoencoderModule(pl.LightningModule):
         if self.ema_cfg.decay > 0:
             self.ema = AveragedModel(self.autoencoder, multi_avg_fn=get_ema_multi_avg_fn(self.ema_cfg.decay))
             self.ema.requires_grad_(False)  # an average, never trained: DDP and the optimizers must not see it
+        self.ema_started = False  # the average holds an update: until then validation scores the live weights
         self.meta = {**meta, "random_teacher": False, "lpips": False, **self.recipe.notes()}
-        self.batches_seen = 0  # stage-wide batch counter: every schedule and the data order follow it
-        self.nonfinite_streak = 0  # batches in a row with a skipped step
+        self.batch_images = batch_images or cfg.train.batch_size * int(meta.get("world_size", 1))
+        self.images_seen = 0  # images trained in this stage, all ranks together (see the module docstring)
+        self.nonfinite_streak = 0  # windows in a row with a skipped step
         self.nonfinite_total = 0
+        self.overflow_total = 0  # fp16 windows whose step the loss scaler skipped (routine: not a divergence)
+        self._scale_seen: float | None = None  # the fp16 loss scale after the last window
+        self.window_batches = 0  # batches accumulated in the open window
         self._pending = dict.fromkeys(self.recipe.phases, False)  # gradients accumulated in the open window
-        self._bad = dict.fromkeys(self.recipe.phases, False)  # a non-finite loss in the window: skip its step
-        self._skipped_this_batch = False
+        self._finite: dict[str, Tensor | None] = dict.fromkeys(self.recipe.phases)  # device flags of the window
+        self._norms: dict[str, Tensor] = {}  # gradient norms taken before the step (fp32 / bf16)
+        self._batch_keys: Tensor | None = None  # the training batch's image hashes, taken on the host
         self.val_preview: tuple[Tensor, Tensor] | None = None
         self.fid: FIDTracker | None = None  # set by the runner when train.rfid_images > 0 and weights exist
         self.rfid_at = -1  # batch of the last rFID (checkpointed: "every N batches" holds across resumes)
         self._fid_on = False
         self.validation_extras: dict[str, Any] = {}  # non-metric facts of the last validation (rFID note)
         self._window_grads: dict[str, Tensor] = {}  # a resumed open window's gradients, until on_train_start
+        self._window_bad: dict[str, bool] = {}  # and its phases' flags
         self.work_dir: Path | None = None  # set by the runner: where the frozen-feature cache lives
 
     @property
+    def batches_seen(self) -> int:
+        """Batches of the stage's plan trained so far: every schedule and the data order follow it."""
+        return self.images_seen // self.batch_images
+
+    @property
     def eval_autoencoder(self) -> Autoencoder:
-        """What validation, the best checkpoints and the export use: the EMA weights when EMA is on."""
-        return self.ema.module if self.ema is not None else self.autoencoder  # type: ignore[return-value]
+        """What validation and the best checkpoints use: the EMA weights once they hold an update, else the live
+        weights (the export follows, through the checkpoint's ``ema.n_averaged``)."""
+        if self.ema is not None and self.ema_started:
+            return self.ema.module  # type: ignore[return-value]
+        return self.autoencoder
+
+    def reset_ema(self) -> None:
+        """Start the average from the weights the stage starts from (call after loading them): the copy made in
+        ``__init__`` holds the random initialisation, and the first update copies the live weights anyway."""
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.autoencoder.state_dict())
+            self.ema.n_averaged.zero_()
+            self.ema_started = False
 
     def phase_lr(self, phase: str) -> float:
         """The peak learning rate of ``phase``."""
@@ -119,8 +162,8 @@ class AutoencoderModule(pl.LightningModule):
         return opts if isinstance(opts, list) else [opts]
 
     def batch_generator(self, device: torch.device) -> torch.Generator:
-        """Noise for this batch, seeded by (seed, stage, batch, rank): identical after a resume."""
-        seed = batch_seed(self.cfg.train.seed, self.stage, self.batches_seen, self.global_rank)
+        """Noise for this batch, seeded by (seed, stage, images trained, rank): identical after a resume."""
+        seed = batch_seed(self.cfg.train.seed, self.stage, self.images_seen, self.global_rank)
         return torch.Generator(device=device).manual_seed(seed)
 
     def _inputs(self, batch: Any) -> tuple[Tensor, Tensor]:
@@ -132,29 +175,35 @@ class AutoencoderModule(pl.LightningModule):
             )
         return x, target
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Hash a training batch's images while they are still on the host (``Recipe.host_keys``)."""
+        if self._trainer is not None and self.trainer.training:
+            self._batch_keys = self.recipe.host_keys(batch)
+        return batch
+
     def training_step(self, batch: Any, batch_idx: int) -> None:
         x, target = self._inputs(batch)
-        every = self.cfg.train.grad_norm_every
-        ctx = StepContext(
-            self.batches_seen, self.batch_generator(x.device), every > 0 and self.batches_seen % every == 0
-        )
-        self._skipped_this_batch = False
+        every, batch_no = self.cfg.train.grad_norm_every, self.batches_seen
+        keys, self._batch_keys = self._batch_keys, None
+        ctx = StepContext(batch_no, self.batch_generator(x.device), every > 0 and batch_no % every == 0, keys)
         g = self.recipe.generator_step(x, target, ctx)
         logs = {"train/g_total": g.total.detach(), **{f"train/{k}": v for k, v in g.logs.items()}}
         logs |= self._grad_norms(g.parts)
         self.recipe.backward("g", g, lambda loss: self._backward("g", loss))
-        if "d" in self.recipe.phases and self.recipe.phase_active("d", self.batches_seen):
+        if "d" in self.recipe.phases and self.recipe.phase_active("d", batch_no):
             d = self.recipe.discriminator_step(x, target, g, ctx)
             self.recipe.backward("d", d, lambda loss: self._backward("d", loss))
             logs |= {"train/d_total": d.total.detach(), **{f"train/{k}": v for k, v in d.logs.items()}}
-        self.batches_seen += 1
-        if self.batches_seen % self.cfg.train.gradient_accumulation == 0 or self.batches_seen >= self.total_batches:
+        self.images_seen += self.cfg.train.batch_size * self.trainer.world_size
+        self.window_batches += 1
+        if self.window_batches >= self.cfg.train.gradient_accumulation or self.batches_seen >= self.total_batches:
             self._close_window()
-        self._count_nonfinite()
         bar = {"train/g_total", "train/d_total", *(f"train/{k}" for k in self.recipe.progress_keys)}
         self.log_dict({k: v for k, v in logs.items() if k not in bar}, on_step=True, on_epoch=False)
         self.log_dict({k: v for k, v in logs.items() if k in bar}, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/nonfinite_total", float(self.nonfinite_total), on_step=True, on_epoch=False)
+        if window_scaler(self.trainer) is not None:
+            self.log("train/fp16_overflows", float(self.overflow_total), on_step=True, on_epoch=False)
 
     def _grad_norms(self, parts: dict[str, Tensor]) -> dict[str, Tensor]:
         """``grad_norm/<term>``: each weighted loss term's gradient norm at the model's last layer."""
@@ -167,40 +216,113 @@ class AutoencoderModule(pl.LightningModule):
         return out
 
     def _backward(self, phase: str, loss: Tensor) -> None:
-        """Backpropagate ``loss / accumulation``, unless it is non-finite on any rank (then mark the window bad)."""
-        finite = bool(torch.isfinite(loss.detach()).item())
-        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
-            self._bad[phase] = self._skipped_this_batch = True
-            return
-        self.manual_backward(loss / self.cfg.train.gradient_accumulation)
+        """Backpropagate ``loss / accumulation`` on this rank alone; note on the device whether it was finite.
+
+        A non-finite loss is backpropagated too (its gradients are dropped when the window closes): deciding
+        here would cost a host sync per backward call.
+        """
+        finite = torch.isfinite(loss.detach())
+        flag = self._finite[phase]
+        self._finite[phase] = finite if flag is None else flag & finite
+        with self._local_backward():
+            self.manual_backward(loss / self.cfg.train.gradient_accumulation)
         self._pending[phase] = True
+
+    def _local_backward(self) -> contextlib.AbstractContextManager[None]:
+        """Block DDP's all-reduce in a backward call: the window's gradients are reduced once when it closes
+        (``_reduce_gradients``). Lightning prepares DDP's reducer for every ``manual_backward``, so it would
+        all-reduce every network's buckets at each of a window's backward calls (with ``find_unused_parameters``
+        the idle network's too)."""
+        block = getattr(self.trainer.strategy, "block_backward_sync", None)
+        return block() if block is not None else contextlib.nullcontext()
 
     @property
     def window_open(self) -> bool:
         """Gradients are accumulated but not yet applied."""
-        return any(self._pending.values()) or any(self._bad.values())
+        return self.window_batches > 0
+
+    def _reduce_gradients(self, phase: str) -> None:
+        """Average ``phase``'s window gradients over the ranks: one all-reduce for the whole network.
+
+        The phase's finite flag rides along in the same buffer: after the sum it equals the world size only
+        where every rank's losses were finite. ``torch.distributed`` directly, not the strategy's ``reduce``,
+        which adds a barrier (a second collective) to every call.
+        """
+        world = self.trainer.world_size
+        if world == 1:
+            return
+        grads = [p.grad for p in self.recipe.trainable(phase) if p.grad is not None]
+        flag = self._finite[phase]
+        assert flag is not None, f"phase {phase} has gradients but no finite flag"
+        flat = torch.cat([g.reshape(-1).float() for g in grads] + [flag.float().reshape(1)])
+        torch.distributed.all_reduce(flat)
+        flat /= world
+        for g, part in zip(grads, flat[:-1].split([g.numel() for g in grads]), strict=True):
+            g.copy_(part.view_as(g))
+        self._finite[phase] = flat[-1] == 1.0
+
+    def _clip(self, params: list[Tensor]) -> Tensor:
+        """Clip ``params``' (unscaled) gradients at ``train.gradient_clip_val`` (0: never); their norm (device)."""
+        clip = self.cfg.train.gradient_clip_val
+        return torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
 
     def _close_window(self) -> None:
-        """Step each optimizer that has clean accumulated gradients; drop the gradients of a bad window."""
+        """Step each phase whose window was finite; drop the gradients of the others (one host sync).
+
+        Under fp16 the loss scaler checks the gradients itself (after unscaling) and skips an overflowing step;
+        a window with a non-finite loss steps nothing and counts as an overflow (``update_scaler``).
+        """
+        phases = self.recipe.phases
+        opts = dict(zip(phases, self._optimizers(), strict=True))
+        pending = [p for p in phases if self._pending[p]]
+        scaled = window_scaler(self.trainer) is not None
+        flags = []
+        for phase in pending:
+            self._reduce_gradients(phase)
+            flag = self._finite[phase]
+            assert flag is not None
+            if not scaled:
+                params = [q for group in opts[phase].param_groups for q in group["params"] if q.grad is not None]
+                self._norms[phase] = self._clip(params)
+                flag = flag & torch.isfinite(self._norms[phase])
+            flags.append(flag)
+        finite = [bool(f) for f in torch.stack(flags).tolist()] if flags else []  # the window's one host sync
         stepped = set()
-        for phase, opt in zip(self.recipe.phases, self._optimizers(), strict=True):
-            if self._pending[phase] and not self._bad[phase]:
+        for phase, ok in zip(pending, finite, strict=True):
+            if ok:
                 spec = self.cfg.stage_optimizer(self.stage, phase)
                 lr = lr_at(self.batches_seen - 1, self.phase_lr(phase), self.total_batches, spec)
-                for group in opt.param_groups:
+                for group in opts[phase].param_groups:
                     group["lr"] = lr
-                opt.step()
+                opts[phase].step()
                 stepped.add(phase)
                 self.log(f"train/lr_{phase}", lr, on_step=True, on_epoch=False)
+        for opt in opts.values():
             opt.zero_grad(set_to_none=True)
-        update_scaler(self.trainer)
+        self._norms = {}
+        bad = not all(finite)
+        update_scaler(self.trainer, stepped=bool(stepped), overflow=bad)
+        self._count_overflow(bad)
         if self.ema is not None and "g" in stepped and self.batches_seen > self.ema_cfg.start_batch:
             self.ema.update_parameters(self.autoencoder)
-        self._pending = dict.fromkeys(self.recipe.phases, False)
-        self._bad = dict.fromkeys(self.recipe.phases, False)
+            self.ema_started = True
+        self._pending = dict.fromkeys(phases, False)
+        self._finite = dict.fromkeys(phases)
+        self.window_batches = 0
+        self._count_nonfinite(bad)
 
-    def _count_nonfinite(self) -> None:
-        if not self._skipped_this_batch:
+    def _count_overflow(self, bad: bool) -> None:
+        """fp16: count a window whose step the scaler skipped (its scale went down) and that no bad loss explains."""
+        scaler = window_scaler(self.trainer)
+        if scaler is None:
+            return
+        scale = scaler.get_scale()  # GradScaler.step synced already: this read waits for nothing more
+        if self._scale_seen is not None and scale < self._scale_seen and not bad:
+            self.overflow_total += 1
+        self._scale_seen = scale
+
+    def _count_nonfinite(self, bad: bool) -> None:
+        if not bad:
             self.nonfinite_streak = 0
             return
         self.nonfinite_streak += 1
@@ -218,18 +340,14 @@ class AutoencoderModule(pl.LightningModule):
             self.trainer.should_stop = True
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Log the (unscaled) gradient norm, clip when asked; a non-finite norm drops the gradients: no update."""
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        clip = self.cfg.train.gradient_clip_val
-        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        """Log the phase's (unscaled) gradient norm; under fp16, clip here, after the plugin unscaled."""
         phases = {id(opt.optimizer): phase for phase, opt in zip(self.recipe.phases, self._optimizers(), strict=True)}
-        self.log(f"train/grad_norm_{phases.get(id(optimizer), 'g')}", norm, on_step=True, on_epoch=False)
-        if not torch.isfinite(norm):
-            for p in params:
-                p.grad = None  # Adam skips parameters without gradients: the step is skipped, state intact
-            # Under fp16 the loss scaler skips this step itself and lowers its scale: routine, not counted.
-            if self.trainer.precision != "16-mixed":
-                self._skipped_this_batch = True
+        phase = phases.get(id(optimizer), "g")
+        norm = self._norms.get(phase)
+        if norm is None:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            norm = self._clip(params)
+        self.log(f"train/grad_norm_{phase}", norm, on_step=True, on_epoch=False)
 
     def on_validation_model_zero_grad(self) -> None:
         """Keep gradients accumulated by hand across a validation (Lightning would drop them here)."""
@@ -311,15 +429,19 @@ class AutoencoderModule(pl.LightningModule):
         window = None
         if self.window_open:
             grads = {n: p.grad.detach().clone() for n, p in self._trainable_by_name().items() if p.grad is not None}
-            window = {"pending": dict(self._pending), "bad": dict(self._bad), "grads": grads}
+            bad = {k: f is not None and not bool(f) for k, f in self._finite.items()}
+            window = {"pending": dict(self._pending), "bad": bad, "grads": grads, "batches": self.window_batches}
         checkpoint["aetune"] = {
             **self.metadata(),
             "batches_seen": self.batches_seen,
+            "images_seen": self.images_seen,
+            "batch_images": self.batch_images,
             "total_batches": self.total_batches,
             "stage_finished": self.stage_finished,
             "early_stopped": self.stage_finished and self.batches_seen < self.total_batches,
             "nonfinite_streak": self.nonfinite_streak,
             "nonfinite_total": self.nonfinite_total,
+            "overflow_total": self.overflow_total,
             "window": window,
             "rfid_at": self.rfid_at,
             "rng": rng_state(),
@@ -336,13 +458,18 @@ class AutoencoderModule(pl.LightningModule):
         state.update({k: v for k, v in self.state_dict().items() if k.startswith(self.frozen_prefixes)})
         if self.ema is not None and not any(k.startswith("ema.") for k in state):
             raise AetuneError(f"stage {self.stage}'s checkpoint has no EMA weights: keep train.ema as it was saved")
-        self.batches_seen = meta["batches_seen"]
+        self.batch_images = meta.get("batch_images", self.cfg.train.batch_size * meta["world_size"])
+        self.images_seen = meta.get("images_seen", meta["batches_seen"] * self.batch_images)
         self.nonfinite_streak, self.nonfinite_total = meta["nonfinite_streak"], meta["nonfinite_total"]
+        self.overflow_total = meta.get("overflow_total", 0)
         self.rfid_at = meta.get("rfid_at", -1)
+        self.ema_started = self.ema is not None and bool(state["ema.n_averaged"] > 0)
         window = meta.get("window")
         if window is not None:
-            self._pending, self._bad = dict(window["pending"]), dict(window["bad"])
+            self._pending = dict(window["pending"])
+            self._window_bad = dict(window["bad"])
             self._window_grads = window["grads"]
+            self.window_batches = window.get("batches", 1)
         set_rng_state(meta["rng"])
 
     def on_fit_start(self) -> None:
@@ -354,8 +481,13 @@ class AutoencoderModule(pl.LightningModule):
             self.recipe.prepare_feature_cache(images, self.work_dir, self.device, show)
 
     def on_train_start(self) -> None:
-        """Put a saved window's gradients back (here: the Trainer zeroes all gradients after restoring)."""
+        """Put a saved window back (here: the Trainer zeroes all gradients after restoring); note the fp16 scale."""
         params = self._trainable_by_name()
         for name, grad in self._window_grads.items():
             params[name].grad = grad.to(params[name].device).clone()
-        self._window_grads = {}
+        for phase, bad in self._window_bad.items():
+            self._pending[phase] = self._pending[phase] or bad  # a bad phase must reach the window's decision
+            self._finite[phase] = torch.tensor(not bad, device=self.device) if self._pending[phase] else None
+        self._window_grads, self._window_bad = {}, {}
+        scaler = window_scaler(self.trainer)
+        self._scale_seen = scaler.get_scale() if scaler is not None else None

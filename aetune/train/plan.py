@@ -135,9 +135,13 @@ def check_order(requested: list[str], state: RunState | None, cfg: Config, allow
         prev = previous_stage(stage, cfg)
         if prev is None or prev in done or prev in requested or stage in done or allow_gap:
             continue
+        chain = [prev]  # every unfinished stage before it, so the suggested command is the one to run
+        while (before := previous_stage(chain[0], cfg)) is not None and before not in done:
+            chain.insert(0, before)
+        suggested = ",".join(chain + [s for s in requested if s not in chain])
         raise AetuneError(
             f"stage {stage} starts from stage {prev}'s final weights, but stage {prev} has not finished "
-            f"(done: {', '.join(sorted(done)) or 'none'}; checkpoints/{RUN_STATE_FILE}): run --stages {prev},{stage}, "
+            f"(done: {', '.join(sorted(done)) or 'none'}; checkpoints/{RUN_STATE_FILE}): run --stages {suggested}, "
             f"or pass --allow_stage_gap to start stage {stage} from the latest weights there are"
         )
 

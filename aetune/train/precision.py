@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
+from pytorch_lightning.strategies import DDPStrategy
 
 from aetune.env import ENVIRONMENT_FILE, GpuFact, advise_precision, assert_gpus_usable, gpu_facts
 from aetune.errors import AetuneError
@@ -39,7 +39,7 @@ class DevicePlan:
         precision: Lightning precision (``32-true``, ``16-mixed``, ``bf16-mixed``).
         reason: why that precision, in words.
         num_nodes: machines (``--num_nodes``; torchrun / SLURM launch the processes on each).
-        strategy: ``ddp`` or ``fsdp`` (shards parameters, gradients and optimizer states over the devices).
+        strategy: ``ddp`` (the only one that trains; see ``STRATEGIES``).
     """
 
     accelerator: str
@@ -52,18 +52,36 @@ class DevicePlan:
 
 
 STRATEGIES = ("ddp", "fsdp")
+"""What ``--strategy`` accepts; ``fsdp`` only to refuse it with the reason (``FSDP_REFUSAL``)."""
+FSDP_REFUSAL = (
+    "--strategy fsdp is not supported yet: the training step runs several backward passes per phase under manual "
+    "optimisation, which Lightning's FSDP cannot wrap (Lightning issue 19685), and EMA and the fp16 scaler would "
+    "need sharded versions; use --strategy ddp (the default), with --set model.gradient_checkpointing=true and a "
+    "smaller --batch_size plus --global_batch_size when memory is short"
+)
 
 
 def training_strategy(plan: DevicePlan) -> Any:
-    """Lightning's strategy for ``plan``: ``auto`` on one device, DDP or FSDP on several.
+    """Lightning's strategy for ``plan``: ``auto`` on one device, DDP on several.
 
-    ``find_unused_parameters``: the discriminator idles before ``disc_start`` and in the generator phase.
+    DDP's own gradient reducer is never used (the module blocks it in every backward and all-reduces each
+    network once per accumulation window), so it needs no ``find_unused_parameters`` search.
     """
     if plan.world_size == 1:
         return "auto"
-    if plan.strategy == "fsdp":
-        return FSDPStrategy(sharding_strategy="FULL_SHARD")
-    return DDPStrategy(find_unused_parameters=True)
+    return DDPStrategy(find_unused_parameters=False)
+
+
+def configure_kernels(plan: DevicePlan) -> None:
+    """On CUDA: ``cudnn.benchmark`` (the fastest convolution algorithm per input shape; a step's shapes are fixed)
+    and, under mixed precision, TF32 for the float32 matmuls left outside autocast. fp32 runs keep float32
+    matmuls (TF32 changes them by ~1e-3 relative, beyond the fidelity tests' tolerance); convolutions follow
+    torch's default (``cudnn.allow_tf32``, on)."""
+    if plan.accelerator != "gpu":
+        return
+    torch.backends.cudnn.benchmark = True
+    if plan.precision != "32-true":
+        torch.backends.cuda.matmul.allow_tf32 = True
 
 
 def parse_devices(text: str | None, accelerator: str) -> list[int] | int:
@@ -159,6 +177,8 @@ def plan_devices(
         raise AetuneError(f"--num_nodes {num_nodes}: give 1 or more machines")
     if strategy not in STRATEGIES:
         raise AetuneError(f"--strategy {strategy}: use one of {', '.join(STRATEGIES)}")
+    if strategy == "fsdp":
+        raise AetuneError(FSDP_REFUSAL)
     world = (len(chosen) if isinstance(chosen, list) else chosen) * num_nodes
     if precision is not None:
         name, reason = check_precision(precision, accelerator, gpus), "asked for (--precision / train.precision)"

@@ -33,7 +33,7 @@ from aetune.errors import AetuneError
 from aetune.hub import recorded_weight
 from aetune.io import atomic_write_text
 from aetune.paths import KAGGLE_WORKING
-from aetune.train.amp import WindowMixedPrecision
+from aetune.train.amp import WindowMixedPrecision, scaler_state
 from aetune.train.artifacts import (
     final_model_path,
     read_checkpoint,
@@ -51,6 +51,7 @@ from aetune.train.callbacks import (
 )
 from aetune.train.experiments import EXPERIMENTS_FILE, append_experiment, data_fingerprint, experiment_record
 from aetune.train.health import HealthGate, loss_weights
+from aetune.train.launch import rank_zero_first
 from aetune.train.loggers import build_loggers
 from aetune.train.module import AutoencoderModule
 from aetune.train.plan import (
@@ -65,7 +66,7 @@ from aetune.train.plan import (
     relative,
     stage_dir,
 )
-from aetune.train.precision import DevicePlan, plan_devices, training_strategy
+from aetune.train.precision import DevicePlan, configure_kernels, plan_devices, resolve_accelerator, training_strategy
 from aetune.train.rfid import FIDTracker, build_fid_tracker
 from aetune.train.rng import batch_seed
 from aetune.train.summary import stage_summary
@@ -75,6 +76,7 @@ EXPECTED_WARNINGS = (
     r"Found \d+ module\(s\) in eval mode",  # the frozen teacher and LPIPS, on purpose (FrozenTeacher.train)
     r"Checkpoint directory .* exists and is not empty",  # config.yaml is written first; resumed stages
     r"You're resuming from a checkpoint that ended before the epoch ended",  # StageBatchSampler resumes exactly
+    r"You have overridden `on_before_batch_transfer`",  # the module's hook (host-side hashes) is the one meant
 )
 
 SESSION_KEYS = ("train.max_hours", "data.num_workers", "data.cache")
@@ -142,12 +144,14 @@ def run_training(req: TrainRequest) -> TrainResult:
         AetuneError: bad input, a stage out of order, unusable GPU, or a run that diverged (after saving).
     """
     primary = is_primary()
-    if req.resume_from is not None and primary and import_session(req.resume_from, req.work_dir):
-        log.info("imported the previous session from %s", req.resume_from)
-    prepared = ensure_prepared(req, primary)
+    with rank_zero_first(resolve_accelerator(req.accelerator)):
+        if req.resume_from is not None and primary and import_session(req.resume_from, req.work_dir):
+            log.info("imported the previous session from %s", req.resume_from)
+        prepared = ensure_prepared(req, primary)
     plan = plan_devices(
         req.accelerator, req.devices, req.cfg.train.precision, req.work_dir, req.num_nodes, req.strategy
     )
+    configure_kernels(plan)
     req.cfg = cfg = apply_global_batch(req.cfg, plan.world_size)
     teacher = cfg.sections.get("teacher")
     random_teacher = teacher is not None and not teacher.pretrained
@@ -155,8 +159,7 @@ def run_training(req: TrainRequest) -> TrainResult:
     state.check_matches(cfg, prepared.name)
     check_order(req.stages, state, cfg, req.allow_stage_gap)
     check_disk(req, state, prepared, primary)
-    if not state.stages:
-        state.origin = "pretrained" if req.pretrained_path else "scratch"
+    decide_origin(state, req)
     for s in state.sessions:
         s["exit"] = "lost (no clean exit recorded)" if s["exit"] == "running" else s["exit"]
     session = {"started": now(), "ended": None, "stages": req.stages, "exit": "running"}
@@ -187,7 +190,32 @@ def run_training(req: TrainRequest) -> TrainResult:
         result.stages_done = list(state.stages_done)
         if primary:
             state.save(req.work_dir)
-            record_experiment(req, state, prepared, limit.batches * cfg.train.batch_size * plan.world_size, session)
+            if limit.batches > 0 or result.status == "done":  # a session that failed before training is no experiment
+                record_experiment(req, state, prepared, limit.batches * cfg.train.batch_size * plan.world_size, session)
+
+
+def decide_origin(state: RunState, req: TrainRequest) -> None:
+    """Record where the run starts from (``pretrained`` or ``scratch``: each stage's default learning rate follows).
+
+    The origin is decided by the session that trains the run's first batch: an attempt that failed or was
+    stopped before a checkpoint (a wrong ``--pretrained_path``, a Ctrl-C during start-up) fixes nothing.
+
+    Raises:
+        AetuneError: ``--pretrained_path`` given while a stage that started from random weights is half trained.
+    """
+    wanted = "pretrained" if req.pretrained_path else "scratch"
+    trained = [s for s, r in state.stages.items() if r.batches > 0]
+    if not trained and not state.stages_done:
+        state.origin = wanted
+        return
+    mid = [s for s in trained if s not in state.stages_done]
+    if wanted == "pretrained" and state.origin == "scratch" and mid:
+        raise AetuneError(
+            f"stage {mid[0]} started from random weights (origin 'scratch', its learning rate set for that) and has "
+            f"trained {state.stages[mid[0]].batches} batches; --pretrained_path {req.pretrained_path} (origin "
+            "'pretrained') cannot change that mid-stage: leave the flag out to resume, or use a new --output_dir "
+            "to start from the pretrained weights"
+        )
 
 
 def check_disk(req: TrainRequest, state: RunState, prepared: PreparedData, primary: bool) -> None:
@@ -270,11 +298,24 @@ def finish(req: TrainRequest, state: RunState) -> Path:
     return out
 
 
-def init_stage_weights(module: AutoencoderModule, stage: str, state: RunState, req: TrainRequest) -> str:
-    """Load what a fresh ``stage`` starts from; return it in words (recorded in run_state.json)."""
+def init_stage_weights(
+    module: AutoencoderModule, stage: str, state: RunState, req: TrainRequest
+) -> tuple[str, dict[str, Any] | None]:
+    """Load what a fresh ``stage`` starts from; return it in words (recorded in run_state.json) and the fp16 loss
+    scaler state the previous stage ended with (None when there is none)."""
+    words, scaler = load_stage_start(module, stage, state, req)
+    module.reset_ema()
+    return words, scaler
+
+
+def load_stage_start(
+    module: AutoencoderModule, stage: str, state: RunState, req: TrainRequest
+) -> tuple[str, dict[str, Any] | None]:
+    """Load the previous stage's final weights, else the origin's (see ``init_stage_weights``)."""
     source = init_source(stage, state, req.cfg, req.work_dir)
     if source is not None:
-        ae, d, meta = split_stage_checkpoint(read_checkpoint(source), str(source))
+        ckpt = read_checkpoint(source)
+        ae, d, meta = split_stage_checkpoint(ckpt, str(source))
         if meta["model_config"] != module.autoencoder.config:
             raise AetuneError(
                 f"{source} was trained with model {meta['model_config']}, not {module.autoencoder.config}"
@@ -284,25 +325,38 @@ def init_stage_weights(module: AutoencoderModule, stage: str, state: RunState, r
             module.discriminator.load_state_dict(d)
         if req.pretrained_path:
             log.info("--pretrained_path is not used: stage %s starts from stage %s's weights", stage, meta["stage"])
-        return f"stage {meta['stage']} final weights ({relative(source, req.work_dir)})"
+        return f"stage {meta['stage']} final weights ({relative(source, req.work_dir)})", scaler_state(ckpt)
     if stage != next(iter(req.cfg.train.stages)):
         log.warning("stage %s: no earlier stage has weights here (--allow_stage_gap): starting from the origin", stage)
     if req.pretrained_path is None:
         log.warning("stage %s starts from RANDOM weights: no --pretrained_path was given", stage)
-        return "random initialisation (no --pretrained_path)"
-    return module.recipe.load_pretrained(str(req.pretrained_path))
+        return "random initialisation (no --pretrained_path)", None
+    return module.recipe.load_pretrained(str(req.pretrained_path)), None
 
 
 def build_trainer(
-    req: TrainRequest, plan: DevicePlan, folder: Path, callbacks: list[pl.Callback], per_epoch: int
+    req: TrainRequest,
+    plan: DevicePlan,
+    folder: Path,
+    callbacks: list[pl.Callback],
+    per_epoch: int,
+    scaler: dict[str, Any] | None = None,
 ) -> pl.Trainer:
-    """The Lightning Trainer of one stage (length, validation and checkpoints are driven by callbacks)."""
+    """The Lightning Trainer of one stage (length, validation and checkpoints are driven by callbacks).
+
+    ``scaler``: the fp16 loss scaler state the previous stage ended with. A fresh scaler starts at 65536 and
+    overflows (skips) about ten windows before it finds a usable scale; the next stage starts where it was.
+    """
     name = f"{req.cfg.model.family}-{folder.name}"
     loggers = build_loggers(req.logger, folder, name, req.logger_offline)
     plugins: list[Any] = [AtomicCheckpointIO()]
     precision: str | None = plan.precision
     if plan.precision == "16-mixed":
-        plugins.append(WindowMixedPrecision("16-mixed", "cuda"))  # one scale update per accumulation window
+        device = "cuda" if plan.accelerator == "gpu" else "cpu"  # cpu: the tests' fp16 emulation
+        plugin = WindowMixedPrecision("16-mixed", device)  # one scale update per accumulation window
+        if scaler is not None:
+            plugin.load_state_dict(scaler)
+        plugins.append(plugin)
         precision = None
     return pl.Trainer(
         accelerator=plan.accelerator,
@@ -328,12 +382,12 @@ def build_trainer(
     )
 
 
-def build_rfid(cfg: Config, work_dir: Path) -> FIDTracker | None:
+def build_rfid(cfg: Config, work_dir: Path, device: str = "cpu") -> FIDTracker | None:
     """The rFID tracker of a stage when ``train.rfid_images`` > 0 (None, with one logged note, without weights)."""
     if cfg.train.rfid_images == 0:
         return None
     weights = recorded_weight(work_dir, "fid_inception")
-    tracker, _ = build_fid_tracker(weights, random_weights=False, device="cpu")
+    tracker, _ = build_fid_tracker(weights, random_weights=False, device=device)
     return tracker
 
 
@@ -380,6 +434,7 @@ def run_stage(
     cfg, primary, folder = req.cfg, is_primary(), stage_dir(req.work_dir, stage)
     last, record = folder / LAST_CKPT, state.record(stage)
     resumed = read_checkpoint(last)["aetune"] if last.is_file() else None
+    scaler: dict[str, Any] | None = None  # a resumed stage's own scaler state comes back with its checkpoint
     if resumed is not None and resumed["stage_finished"]:
         return mark_done(stage, state, resumed["batches_seen"], resumed["early_stopped"], req)
     pl.seed_everything(batch_seed(cfg.train.seed, "stage", stage), workers=True, verbose=False)
@@ -398,7 +453,10 @@ def run_stage(
         total = resumed["total_batches"]
     lr = stage_learning_rate(cfg, stage, state.origin)
     meta = {"dataset": prepared.name, "labels": prepared.labels, "origin": state.origin, "world_size": plan.world_size}
-    module = AutoencoderModule(cfg, stage, total, lr, meta)
+    unit = cfg.train.batch_size * plan.world_size  # images per batch of the plan; a resumed stage keeps its own
+    if resumed is not None:
+        unit = resumed.get("batch_images", cfg.train.batch_size * resumed["world_size"])
+    module = AutoencoderModule(cfg, stage, total, lr, meta, unit)
     if resumed is not None:
         if resumed["model_config"] != module.autoencoder.config:
             raise AetuneError(
@@ -413,7 +471,7 @@ def run_stage(
                 "stage %s resumes with changed settings (the rest of it follows them): %s", stage, "; ".join(changes)
             )
     else:
-        record.init = init_stage_weights(module, stage, state, req)
+        record.init, scaler = init_stage_weights(module, stage, state, req)
         log.info("stage %s: %d batches (%d epochs), lr %g, from %s", stage, total, spec.epochs, lr, record.init)
     log.info("stage %s: %s, %d px", stage, trainable_summary(module), cfg.stage_image_size(stage))
     record.status, record.planned_batches, state.current_stage = "running", total, stage
@@ -446,7 +504,7 @@ def run_stage(
         state.save(req.work_dir)
 
     notes = {"stage": stage, **module.recipe.notes()}
-    module.fid = build_rfid(cfg, req.work_dir)
+    module.fid = build_rfid(cfg, req.work_dir, "cuda" if plan.accelerator == "gpu" else "cpu")
     module.work_dir = req.work_dir
     gate = HealthGate(
         cfg.train.health_batch, cfg.train.health_min_psnr, lr=lr, weights=loss_weights(module.recipe.loss)
@@ -467,11 +525,11 @@ def run_stage(
         cfg.data.num_workers,
         cfg.data.cache,
         batch_seed(cfg.train.seed, "data", stage),
-        lambda: module.batches_seen,
+        lambda: module.images_seen,
         req.progress_bar,
         module.recipe.data_kind,
     )
-    trainer = build_trainer(req, plan, folder, callbacks, per_epoch)
+    trainer = build_trainer(req, plan, folder, callbacks, per_epoch, scaler)
     session_batches, t0 = limit.batches, time.time()
     with warnings.catch_warnings():
         for pattern in EXPECTED_WARNINGS:
@@ -483,7 +541,7 @@ def run_stage(
             limit.reason = SIGTERM_REASON
     if primary:
         print(stage_summary(stage, module, best, time.time() - t0, limit.batches - session_batches, plan, folder, cfg))
-    if limit.reason == SIGTERM_REASON:
+    if limit.interrupted:
         return TrainResult("interrupted", [], None, stage, limit.reason, module.batches_seen, total)
     if module.stage_finished:
         return mark_done(stage, state, module.batches_seen, module.batches_seen < total, req)
