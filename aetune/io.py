@@ -37,12 +37,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    # mkstemp creates 0600; give the final file the mode a plain open() would (umask applied).
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
+        # mkstemp creates 0600, and some writers (safetensors) recreate the file with it: give the final file the
+        # mode a plain open() would (umask applied), after the writer is done.
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, dest)
     finally:
         if tmp.exists():

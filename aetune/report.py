@@ -292,7 +292,9 @@ def metrics_document(
 
 def figure_title(meta: dict[str, Any], split: str) -> str:
     """``family, dataset, stage N, split`` and a RANDOM TEACHER mark when it applies."""
-    title = f"{meta.get('family')} / {meta.get('dataset')} / stage {meta.get('stage')} / {split} split"
+    task = (meta.get("config") or {}).get("model", {}).get("task", "reconstruction")
+    family = meta.get("family") if task == "reconstruction" else f"{meta.get('family')} {task}"
+    title = f"{family} / {meta.get('dataset')} / stage {meta.get('stage')} / {split} split"
     return title + ("  [RANDOM TEACHER: demo]" if meta.get("random_teacher") else "")
 
 

@@ -30,6 +30,19 @@ def test_mode_follows_the_umask(tmp_path) -> None:
     assert read_json(path) == {"a": 1}
 
 
+def test_mode_follows_the_umask_when_the_writer_recreates_the_file(tmp_path) -> None:
+    """safetensors (the latent shards) writes a fresh file at the temporary path: it must not stay 0600."""
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "shard.bin") as tmp:
+            tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "shard.bin").stat().st_mode) == 0o644
+
+
 def test_corrupt_json_names_the_file(tmp_path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json is not valid JSON"):

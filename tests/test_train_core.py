@@ -131,3 +131,13 @@ def test_a_resume_that_fails_on_a_truncated_checkpoint_records_no_experiment(tmp
     with pytest.raises(AetuneError, match="last.ckpt"):
         run_training(TrainRequest(work, cfg, ["1"], accelerator="cpu", progress_bar=False))
     assert experiments.read_text() == before
+
+
+def test_a_task_run_is_named_for_its_task(tmp_path: Path) -> None:
+    from aetune.report import figure_title
+    from aetune.train.artifacts import final_model_path
+
+    assert final_model_path(tmp_path, "kl", "pairs", "restoration").name == "kl_restoration_pairs_final.pt"
+    assert final_model_path(tmp_path, "vavae", "microdoppler").name == "vavae_microdoppler_final.pt"
+    meta = {"family": "kl", "dataset": "pairs", "stage": "1", "config": {"model": {"task": "restoration"}}}
+    assert figure_title(meta, "val").startswith("kl restoration / pairs / stage 1")

@@ -30,9 +30,11 @@ META_KEYS = ("family", "model_config", "config", "labels", "dataset", "stage", "
 """Metadata every model file carries (``load_autoencoder_checkpoint`` returns it)."""
 
 
-def final_model_path(work_dir: str | Path, family: str, dataset: str) -> Path:
-    """``<work>/checkpoints/<family>_<dataset>_final.pt`` (e.g. ``vavae_microdoppler_final.pt``)."""
-    return checkpoints_dir(work_dir) / f"{family}_{dataset}_final.pt"
+def final_model_path(work_dir: str | Path, family: str, dataset: str, task: str = "reconstruction") -> Path:
+    """``<work>/checkpoints/<family>_<dataset>_final.pt`` (e.g. ``vavae_microdoppler_final.pt``); a task other than
+    reconstruction is named too (``kl_restoration_pairs_final.pt``)."""
+    run = family if task == "reconstruction" else f"{family}_{task}"
+    return checkpoints_dir(work_dir) / f"{run}_{dataset}_final.pt"
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

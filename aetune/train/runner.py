@@ -289,7 +289,7 @@ def apply_global_batch(cfg: Config, world_size: int) -> Config:
 def finish(req: TrainRequest, state: RunState) -> Path:
     """Write ``<family>_<dataset>_final.pt`` from the last requested stage's final checkpoint."""
     record = state.stages[req.stages[-1]]
-    out = final_model_path(req.work_dir, state.family, state.dataset)
+    out = final_model_path(req.work_dir, state.family, state.dataset, req.cfg.model.task)
     if is_primary():
         write_final_model(checkpoints_dir(req.work_dir) / record.last, out)
         log.info("final model (stage %s): %s", req.stages[-1], out)
