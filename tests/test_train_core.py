@@ -141,3 +141,13 @@ def test_a_task_run_is_named_for_its_task(tmp_path: Path) -> None:
     assert final_model_path(tmp_path, "vavae", "microdoppler").name == "vavae_microdoppler_final.pt"
     meta = {"family": "kl", "dataset": "pairs", "stage": "1", "config": {"model": {"task": "restoration"}}}
     assert figure_title(meta, "val").startswith("kl restoration / pairs / stage 1")
+
+
+def test_a_family_on_another_data_kind_is_one_error(tmp_path: Path) -> None:
+    """taehv trains on videos: a work directory step 3 filled with images is refused before anything is built."""
+    work = make_work_dir(tmp_path)
+    cfg = tiny_config(tmp_path)
+    cfg.model.family = "taehv"
+    with pytest.raises(AetuneError, match=r"step 3 prepared image data .* taehv trains on video data"):
+        run_training(TrainRequest(work, cfg, ["1"], accelerator="cpu", progress_bar=False))
+    assert not (work / "checkpoints").exists()

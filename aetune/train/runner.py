@@ -27,12 +27,14 @@ from aetune.config import Config, dump_config
 from aetune.data.datamodule import ImageDataModule, batches_per_epoch
 from aetune.data.prepare import prepare_dataset
 from aetune.data.prepared import SPLIT_FILE, PreparedData, data_dir, load_prepared
+from aetune.data.sources import prepared_kind
 from aetune.disk_budget import project_config
 from aetune.env import KAGGLE_QUOTA_GB, disk_facts
 from aetune.errors import AetuneError
 from aetune.hub import recorded_weight
 from aetune.io import atomic_write_text
 from aetune.paths import KAGGLE_WORKING
+from aetune.recipes import get_recipe
 from aetune.train.amp import WindowMixedPrecision, scaler_state
 from aetune.train.artifacts import (
     final_model_path,
@@ -148,6 +150,7 @@ def run_training(req: TrainRequest) -> TrainResult:
         if req.resume_from is not None and primary and import_session(req.resume_from, req.work_dir):
             log.info("imported the previous session from %s", req.resume_from)
         prepared = ensure_prepared(req, primary)
+    check_data_kind(req.cfg, req.work_dir)
     plan = plan_devices(
         req.accelerator, req.devices, req.cfg.train.precision, req.work_dir, req.num_nodes, req.strategy
     )
@@ -215,6 +218,22 @@ def decide_origin(state: RunState, req: TrainRequest) -> None:
             f"trained {state.stages[mid[0]].batches} batches; --pretrained_path {req.pretrained_path} (origin "
             "'pretrained') cannot change that mid-stage: leave the flag out to resume, or use a new --output_dir "
             "to start from the pretrained weights"
+        )
+
+
+def check_data_kind(cfg: Config, work_dir: Path) -> None:
+    """The family (and task) must train on the kind of data step 3 prepared here.
+
+    Raises:
+        AetuneError: e.g. ``--family taehv`` (videos) on a work directory of images.
+    """
+    wanted = get_recipe(cfg.model.family, cfg.model.task).data_kind
+    have = prepared_kind(work_dir)
+    if have != wanted:
+        trains = cfg.model.family if cfg.model.task == "reconstruction" else f"{cfg.model.family} {cfg.model.task}"
+        raise AetuneError(
+            f"step 3 prepared {have} data in {data_dir(work_dir)}, but {trains} trains on {wanted} data: run step 3 "
+            f"on {wanted} data into another --output_dir, or pick a family for {have} data (--family)"
         )
 
 
