@@ -80,6 +80,7 @@ def test_a_stage_resumes_on_two_devices_and_back_on_one(tmp_path: Path) -> None:
     ckpt = torch.load(work / "checkpoints/stage1/last.ckpt", weights_only=True)
     planned = ckpt["aetune"]["total_batches"]
     assert ckpt["aetune"]["batches_seen"] == planned == 3 * (18 // 2)  # the plan of the first session is kept
+    assert ckpt["aetune"]["images_seen"] == 3 * 18  # three epochs' images: none skipped by the device changes
     state = json.loads((work / "checkpoints/run_state.json").read_text())
     assert state["stages_done"] == ["1"] and [s["exit"] for s in state["sessions"]] == ["session_limit"] * 2 + ["done"]
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
