@@ -61,7 +61,7 @@ def check_work_dir(work: Path, users: int) -> None:
     assert metrics["random_teacher"] is True
     assert str(metrics["overall"]["lpips"]).startswith("unavailable")
     stats = torch.load(work / "results/latents_stats.pt", weights_only=True)
-    assert stats["mean"].shape == (1, 8, 1, 1) and stats["std"].shape == (1, 8, 1, 1)
+    assert stats["mean"].shape == (1, 32, 1, 1) and stats["std"].shape == (1, 32, 1, 1)  # the demo's 32 channels
     export = torch.load(work / "results/vavae_encoder_for_dit.pt", weights_only=True)
     assert export["labels"] == json.loads((work / "data/labels.json").read_text())
     final = torch.load(work / "checkpoints/vavae_microdoppler_final.pt", weights_only=True)
