@@ -115,14 +115,16 @@ def checkpoint_facts(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """What the check reads from a ``last.ckpt``: the stage's counters and the fp16 loss scale.
 
     Returns:
-        ``batches_seen``, ``total_batches``, ``nonfinite_total`` (batches whose step was skipped),
-        ``global_step`` (Lightning's optimizer-step count), ``fp16_scale`` (None without one).
+        ``batches_seen``, ``total_batches``, ``nonfinite_total`` (windows skipped for a non-finite loss or
+        gradient), ``overflow_total`` (fp16 windows the loss scaler skipped), ``global_step`` (Lightning's
+        optimizer-step count), ``fp16_scale`` (None without one).
     """
     meta = checkpoint.get("aetune", {})
     return {
         "batches_seen": meta.get("batches_seen"),
         "total_batches": meta.get("total_batches"),
         "nonfinite_total": meta.get("nonfinite_total"),
+        "overflow_total": meta.get("overflow_total", 0),
         "global_step": checkpoint.get("global_step"),
         "fp16_scale": fp16_scale(checkpoint),
     }
@@ -172,8 +174,9 @@ def judge_training(
         scale = facts["fp16_scale"]
         if scale is None or not math.isfinite(scale) or scale < 1:
             notes.append(f"fp16 loss scale {scale}: expected a finite scale >= 1 in last.ckpt")
-        if skipped is not None and seen and skipped >= seen:
-            notes.append(f"every batch skipped ({skipped} of {seen}): no optimizer step was taken")
+        lost = (skipped or 0) + (facts.get("overflow_total") or 0)
+        if seen and lost >= seen:
+            notes.append(f"every batch skipped ({lost} of {seen}, overflows included): no optimizer step was taken")
     if require_finite and skipped:
         notes.append(f"{skipped} batches skipped for non-finite values under {precision} (0 expected)")
     return not notes, notes

@@ -93,7 +93,13 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
         "global_step": 20,
         "state_dict": {"autoencoder.w": torch.ones(2, 3), "ema.n_averaged": torch.tensor(3)},
         "WindowMixedPrecision": scaler.state_dict(),
-        "aetune": {"batches_seen": 24, "total_batches": 24, "nonfinite_total": 5, "family": "vavae"},
+        "aetune": {
+            "batches_seen": 24,
+            "total_batches": 24,
+            "nonfinite_total": 5,
+            "overflow_total": 3,
+            "family": "vavae",
+        },
     }
     path = tmp_path / "last.ckpt"
     torch.save(ckpt, path)
@@ -106,6 +112,7 @@ def test_checkpoint_facts_read_counters_and_scale(tiny_checkpoint: Path) -> None
         "batches_seen": 24,
         "total_batches": 24,
         "nonfinite_total": 5,
+        "overflow_total": 3,
         "global_step": 20,
         "fp16_scale": 1024.0,
     }
@@ -126,6 +133,7 @@ FP16 = {"batches_seen": 24, "total_batches": 24, "nonfinite_total": 5, "global_s
         (0, {**FP16, "fp16_scale": None}, "16-mixed", "", False, "loss scale None"),
         (0, {**FP16, "fp16_scale": float("nan")}, "16-mixed", "", False, "loss scale nan"),
         (0, {**FP16, "nonfinite_total": 24}, "16-mixed", "", False, "every batch skipped"),
+        (0, {**FP16, "nonfinite_total": 4, "overflow_total": 20}, "16-mixed", "", False, "overflows included"),
         (0, FP16, "16-mixed", "AssertionError: No inf checks were recorded", False, "No inf checks"),
         (0, {**FP16, "fp16_scale": None, "nonfinite_total": 0}, "bf16-mixed", "", True, None),
         (0, {**FP16, "fp16_scale": None}, "bf16-mixed", "", True, "5 batches skipped"),
