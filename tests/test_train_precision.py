@@ -154,3 +154,21 @@ def test_bf16_autocast_trains_the_gan_and_alignment_stages(tmp_path: Path, monke
     ckpt = last(work, "2")
     assert ckpt["aetune"]["nonfinite_total"] == 0 and ckpt["optimizer_states"][1]["state"][0]["step"].item() == 4
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_fp16_gradients_nan_at_every_scale_stop_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finite loss whose gradients are NaN whatever the scale is no overflow: once the scale falls below 1 such
+    windows count as non-finite, and ``train.max_nonfinite`` stops the run instead of an endless silent back-off."""
+    emulate_mixed_precision(monkeypatch, init_scale=4.0)
+    real = module_file.AutoencoderModule.on_train_start
+
+    def poison(self):
+        real(self)
+        self.autoencoder.decoder.conv_out.weight.register_hook(lambda g: g * float("nan"))
+
+    monkeypatch.setattr(module_file.AutoencoderModule, "on_train_start", poison)
+    work = make_work_dir(tmp_path)
+    with pytest.raises(Exception, match="diverged at batch 4"):
+        train(work, tiny_config(tmp_path, FP16, "train.max_nonfinite=2", "train.stages.1.epochs=2"))
+    meta = last(work)["aetune"]
+    assert last(work)["WindowMixedPrecision"]["scale"] < 1 and meta["nonfinite_streak"] == 2

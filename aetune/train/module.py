@@ -302,7 +302,7 @@ class AutoencoderModule(pl.LightningModule):
         self._norms = {}
         bad = not all(finite)
         update_scaler(self.trainer, stepped=bool(stepped), overflow=bad)
-        self._count_overflow(bad)
+        bad = self._count_overflow(bad) or bad
         if self.ema is not None and "g" in stepped and self.batches_seen > self.ema_cfg.start_batch:
             self.ema.update_parameters(self.autoencoder)
             self.ema_started = True
@@ -311,15 +311,21 @@ class AutoencoderModule(pl.LightningModule):
         self.window_batches = 0
         self._count_nonfinite(bad)
 
-    def _count_overflow(self, bad: bool) -> None:
-        """fp16: count a window whose step the scaler skipped (its scale went down) and that no bad loss explains."""
+    def _count_overflow(self, bad: bool) -> bool:
+        """fp16: count a window whose step the scaler skipped (its scale went down) and that no bad loss explains.
+
+        Returns:
+            True when the scale has fallen below 1: gradients that stay non-finite at any scale are NaN, not an
+            overflow, and the window counts as non-finite (``train.max_nonfinite`` then stops the run).
+        """
         scaler = window_scaler(self.trainer)
         if scaler is None:
-            return
+            return False
         scale = scaler.get_scale()  # GradScaler.step synced already: this read waits for nothing more
         if self._scale_seen is not None and scale < self._scale_seen and not bad:
             self.overflow_total += 1
         self._scale_seen = scale
+        return scale < 1.0
 
     def _count_nonfinite(self, bad: bool) -> None:
         if not bad:
