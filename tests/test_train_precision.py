@@ -57,7 +57,7 @@ def nan_discriminator_at(monkeypatch: pytest.MonkeyPatch, batches: set[int]) -> 
 
 @pytest.mark.parametrize("sets", [VF_ADAPTIVE_GAN_OFF, GAN_ON], ids=["cut_at_z", "cut_at_x_rec"])
 def test_fp16_split_backward_trains_from_the_start_scale(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sets: tuple[str, ...]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sets: tuple[str, ...]
 ) -> None:
     """The gradient read at the cut overflows at 65536: the scaler must see it, back off, and training go on.
 
@@ -77,6 +77,8 @@ def test_fp16_split_backward_trains_from_the_start_scale(
     )
     steps = ckpt["optimizer_states"][0]["state"][0]["step"].item()
     assert 0 < steps == 12 - meta["overflow_total"]  # every window stepped but the overflowing ones
+    summary = f"0 skipped for non-finite values; {meta['overflow_total']} skipped by the fp16 loss scaler (overflow)"
+    assert summary in capsys.readouterr().out  # the summary counts the scaler's skips too
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
 
 

@@ -52,7 +52,12 @@ def stage_summary(
         (
             "batches",
             f"{module.batches_seen:,} of {module.total_batches:,} (this session {session_batches:,}); "
-            f"{module.nonfinite_total} skipped for non-finite values",
+            f"{module.nonfinite_total} skipped for non-finite values"
+            + (
+                f"; {module.overflow_total} skipped by the fp16 loss scaler (overflow)"
+                if plan.precision == "16-mixed"
+                else ""
+            ),
         ),
         (f"best {monitor}", best_line),
         (
