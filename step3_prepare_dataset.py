@@ -38,8 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("built-in synthetic dataset")
     g.add_argument(
         "--synthetic",
-        choices=["microdoppler", "microdoppler_video", "phantoms"],
-        help="generate a synthetic set, then prepare it",
+        choices=["microdoppler", "microdoppler_video", "phantoms", "paired"],
+        help="generate a synthetic set (images, videos, volumes, LQ/GT pairs), then prepare it",
     )
     g.add_argument("--num_users", type=int, default=31)
     g.add_argument("--images_per_user", type=int, default=150)

@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, config=True)
     p.add_argument("--family", help="autoencoder family when no --config is given (default vavae: its preset)")
+    p.add_argument("--task", help="a task over the family, e.g. restoration (LQ -> GT pairs): its default preset")
     p.add_argument("--data_root", help="folder of user folders (optional once step 3 prepared the work dir)")
     p.add_argument(
         "--pretrained_path",

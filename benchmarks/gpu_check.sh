@@ -97,7 +97,7 @@ if want demos; then
   prepare img32 --synthetic microdoppler --num_users 2 --images_per_user 12 --image_size 32 &
   prepare video --synthetic microdoppler_video --num_users 2 --images_per_user 4 --image_size 32 &
   prepare volume --synthetic phantoms --phantom_shape 32,32,32 --phantom_classes 2 --phantoms_per_class 4 &
-  prepare pairs --synthetic_paired --pairs_per_type 6 --image_size 64 &
+  prepare pairs --synthetic paired --pairs_per_type 6 --image_size 64 &
 fi
 wait
 bad=$(grep -Lx 0 "$WORK"/data/*.rc 2> /dev/null | xargs -r -n1 basename | tr '\n' ' ')

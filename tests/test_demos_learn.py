@@ -38,7 +38,7 @@ STEP3 = {
     "image": ["--synthetic", "microdoppler", "--num_users", "2", "--images_per_user", "10", "--image_size", "32"],
     "video": ["--synthetic", "microdoppler_video", "--num_users", "2", "--image_size", "32"],
     "volume": ["--synthetic", "phantoms", "--phantom_classes", "2", "--phantoms_per_class", "5"],
-    "pair": ["--synthetic_paired", "--pairs_per_type", "5", "--image_size", "32"],
+    "pair": ["--synthetic", "paired", "--pairs_per_type", "5", "--image_size", "32"],
 }
 """Step 3's demo commands with fewer and smaller items (the size-reducing part of the test)."""
 

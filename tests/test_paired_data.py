@@ -227,7 +227,7 @@ def test_step3_prepares_pairs_from_the_command_line(messy: Path, tmp_path: Path,
         return run_main(step3.main, step3.parse_args([*args, "--no_progress"]))
 
     work = tmp_path / "synthetic"
-    assert run("--synthetic_paired", "--pairs_per_type", "3", "--image_size", "32", "--output_dir", str(work)) == 0
+    assert run("--synthetic", "paired", "--pairs_per_type", "3", "--image_size", "32", "--output_dir", str(work)) == 0
     dataset = read_json(data_dir(work) / "dataset.json")
     assert dataset["kind"] == "paired" and dataset["num_users"] == 4 and dataset["num_images"] == 12
     out = capsys.readouterr().out

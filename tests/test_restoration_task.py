@@ -34,7 +34,7 @@ def test_presets_carry_the_forks_numbers() -> None:
 
 def test_steps_3_to_5_on_pairs_with_a_validation_folder(tmp_path: Path) -> None:
     work = tmp_path / "work"
-    args = ["--synthetic_paired", "--pairs_per_type", "3", "--image_size", "32", "--output_dir", str(work)]
+    args = ["--synthetic", "paired", "--pairs_per_type", "3", "--image_size", "32", "--output_dir", str(work)]
     assert run_main(step3.main, step3.parse_args([*args, "--no_progress"])) == 0
     cfg = config_from_dict({**TINY, "model": {**TINY["model"], "task": "restoration"}})
     assert run_training(TrainRequest(work, cfg, ["1"], accelerator="cpu", progress_bar=False)).status == "done"
@@ -46,3 +46,13 @@ def test_steps_3_to_5_on_pairs_with_a_validation_folder(tmp_path: Path) -> None:
     assert run_main(step5.main, step5.parse_args(args)) == 0
     metrics = json.loads((work / "results/metrics.json").read_text())
     assert set(metrics["per_user"]) == {"Blur", "LowLight", "Noise", "Occlusion"}
+
+
+def test_task_flag_selects_the_task_preset_and_refuses_a_preset_of_another_task() -> None:
+    import step4_train
+    from aetune.train.flags import build_config
+
+    cfg, _ = build_config(step4_train.parse_args(["--task", "restoration"]))
+    assert cfg.model.task == "restoration" and cfg.preset == "restoration"
+    with pytest.raises(AetuneError, match="--task restoration but --config vavae is a reconstruction preset"):
+        build_config(step4_train.parse_args(["--task", "restoration", "--config", "vavae"]))

@@ -369,7 +369,7 @@ def _pair_work_dir(tmp: Path) -> Path:
     import step3_prepare_dataset as step3
 
     work = tmp / "work"
-    args = ["--synthetic_paired", "--pairs_per_type", "3", "--image_size", "32", "--output_dir", str(work)]
+    args = ["--synthetic", "paired", "--pairs_per_type", "3", "--image_size", "32", "--output_dir", str(work)]
     assert run_main(step3.main, step3.parse_args([*args, "--no_progress"])) == 0
     return work
 

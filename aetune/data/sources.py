@@ -24,12 +24,7 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("paired restoration data (<root>/<Degradation>/{LQ,GT}/ or <root>/{LQ,GT}/)")
     g.add_argument("--val_root", help="validation pairs in a separate folder, used as given (no split)")
     g.add_argument("--pair_resize", action="store_true", help="accept pairs whose LQ and GT sizes differ")
-    g.add_argument(
-        "--synthetic_paired",
-        action="store_true",
-        help="generate the synthetic paired set (blur, noise, low-light, occlusion), then prepare it",
-    )
-    g.add_argument("--pairs_per_type", type=int, default=40, help="pairs per degradation of --synthetic_paired")
+    g.add_argument("--pairs_per_type", type=int, default=40, help="pairs per degradation of --synthetic paired")
     h = p.add_argument_group("Hugging Face dataset folders (save_to_disk, or .parquet / .arrow files)")
     h.add_argument("--hf_split", default="train", help="the split to train on")
     h.add_argument("--hf_validation_split", default="validation", help="validated on whole when it exists")
@@ -60,9 +55,9 @@ def prepare_other_source(args: argparse.Namespace, work_dir: Path) -> bool:
 
     progress = not args.no_progress
     root = Path(args.data_root) if args.data_root else None
-    if args.synthetic_paired:
-        if root is not None or args.synthetic:
-            raise AetuneError("pass one of --synthetic_paired, --synthetic or --data_root")
+    if args.synthetic == "paired":  # blur, noise, low-light and occlusion pairs of the synthetic spectrograms
+        if root is not None:
+            raise AetuneError("pass either --synthetic or --data_root, not both")
         from aetune.data.synthetic.paired import generate_paired_dataset
 
         root = work_dir / SYNTHETIC_PAIRED_DIRNAME

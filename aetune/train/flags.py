@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from aetune.config import Config, ModelConfig, family_schema, load_config
+from aetune.config import RECONSTRUCTION, Config, ModelConfig, family_schema, load_config
 from aetune.errors import AetuneError
 from aetune.train.plan import parse_stages
 
@@ -28,10 +28,13 @@ def per_stage(text: str | None, stages: list[str], flag: str) -> dict[str, int]:
 
 def build_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
     """The preset with ``--set`` and the first-class flags applied (flags last), and the stages to run."""
-    preset = args.config or family_schema(args.family or ModelConfig().family).default_preset
+    task = getattr(args, "task", None)
+    preset = args.config or family_schema(args.family or ModelConfig().family, task or RECONSTRUCTION).default_preset
     cfg = load_config(preset, args.overrides)
     if args.family and cfg.model.family != args.family:
         raise AetuneError(f"--family {args.family} but --config {args.config} is a {cfg.model.family} preset")
+    if task and cfg.model.task != task:
+        raise AetuneError(f"--task {task} but --config {args.config} is a {cfg.model.task} preset")
     stages = parse_stages(args.stages, cfg)
     flags = {
         "train.batch_size": args.batch_size,
