@@ -21,7 +21,6 @@ from aetune.cli import add_common_args, resolve_work_dir, run_script
 from aetune.errors import AetuneError
 
 log = logging.getLogger("aetune")
-PARTS = ("metrics", "figures", "latent_stats", "export", "export_latents")
 SPLITS = ("val", "train", "all")
 
 
@@ -53,29 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def choose_parts(args: argparse.Namespace, kind: str, family: str) -> tuple[set[str], dict[str, str]]:
-    """The parts to run for a run of data ``kind`` and ``family``, and what is skipped (label -> why).
-
-    Raises:
-        AetuneError: a part named on the command line does not apply to this data kind.
-    """
-    from aetune.export import LIGHTNINGDIT_FAMILIES
-    from aetune.latent_dataset import unsupported_reason
-
-    named = {p for p in PARTS if getattr(args, p)}
-    wanted = set(PARTS) if args.all or not named else named
-    skipped = {}
-    reason = unsupported_reason(kind)
-    if reason is not None and "export_latents" in wanted:
-        if "export_latents" in named and not args.all:
-            raise AetuneError(f"--export_latents does not apply to this {kind} run: {reason}")
-        wanted.discard("export_latents")
-        skipped["--export_latents"] = f"{kind} data: {reason}"
-    if "export" in wanted and family not in LIGHTNINGDIT_FAMILIES:
-        skipped["--export's *_lightningdit.pt"] = f"only {', '.join(LIGHTNINGDIT_FAMILIES)} have LightningDiT's layout"
-    return wanted, skipped
-
-
 def main(args: argparse.Namespace) -> int:
     from aetune import figures, report
     from aetune.config import load_config
@@ -84,8 +60,7 @@ def main(args: argparse.Namespace) -> int:
     from aetune.evaluate import Evaluator, inception_features, report_lpips, resolve_device
     from aetune.export import dit_snippet, export_for_dit
     from aetune.hub import recorded_weight
-    from aetune.io import atomic_torch_save, atomic_write_json
-    from aetune.latent_dataset import LATENTS_DIR, write_latent_dataset
+    from aetune.latent_dataset import LATENTS_DIR, STEP5_PARTS, step5_parts, write_latent_dataset
     from aetune.model_source import load_model
     from aetune.result_set import recover, staged_folder
     from aetune.tiny_export import export_preview_decoder, has_teacher
@@ -100,7 +75,8 @@ def main(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides) if args.config or args.overrides else None
     kind = prepared_kind(work_dir)
     model, meta, ckpt = load_model(args.checkpoint, config, work_dir, prepared)
-    parts, skipped = choose_parts(args, kind, meta["family"])
+    named = {p for p in STEP5_PARTS if getattr(args, p)}
+    parts, skipped = step5_parts(named, args.all, kind, meta["family"])
     size, seed = int(meta["config"]["data"]["image_size"]), int(meta["config"]["train"]["seed"])
     log.info("%s: %s model, stage %s, on %s; parts: %s", ckpt, meta["family"], meta["stage"], device, ", ".join(parts))
     for part, why in skipped.items():
@@ -134,14 +110,12 @@ def main(args: argparse.Namespace) -> int:
                 evaluator.encoded("train"), evaluator.encoded("val"), evaluated, args.split
             )
         if "metrics" in parts:
-            unavailable = {"lpips": lpips_reason} if lpips_reason else {}
-            rfid = report.rfid_report(evaluated, rfid_reason)
-            quality = report.quality_report(evaluated.per_image, evaluated.labels, prepared.labels, unavailable, rfid)
-            extra = {"advice": report.fine_tuning_advice(quality["overall"])} if meta["kind"] == "pretrained" else {}
-            document = report.metrics_document(quality, space, meta, ckpt, args.split, extra)
-            written.append(atomic_write_json(res / "metrics.json", document))
-            notes += [report.format_table(quality), report.format_latent_space(space)]
-            notes += [report.format_advice(extra["advice"])] if extra else []
+            unavailable = {"lpips": lpips_reason, "rfid": rfid_reason}
+            path, tables = report.write_metrics(
+                res, evaluated, space, prepared.labels, meta, ckpt, args.split, unavailable
+            )
+            written.append(path)
+            notes += tables
         if "figures" in parts:
             written += figures.write_figures(evaluated, space, prepared.labels, meta, args.split, work_dir, res)
         if parts & {"latent_stats", "export"}:
@@ -150,11 +124,7 @@ def main(args: argparse.Namespace) -> int:
                 raise AetuneError(f"the {args.stats_split} split has no images: choose another --stats_split")
             stats = encoded.stats
         if "latent_stats" in parts:
-            document = {**report.provenance(meta), "split": args.stats_split, **stats.to_json()}
-            written.append(atomic_write_json(res / "latent_statistics.json", document))
-            written.append(atomic_torch_save(stats.lightningdit_stats(), res / "latents_stats.pt"))
-            if hasattr(model, "per_position_stats"):  # RAE: the reference's per-(C, H, W) stat.pt for its DiT
-                written.append(atomic_torch_save(model.per_position_stats(encoded.latents), res / "stat.pt"))
+            written += report.write_latent_statistics(res, model, encoded, meta, args.stats_split)
         if "export" in parts:
             exports = export_for_dit(res, model, stats, prepared.labels, size, info)
             written += exports

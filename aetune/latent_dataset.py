@@ -65,6 +65,34 @@ def unsupported_reason(kind: str) -> str | None:
     return UNSUPPORTED_KINDS.get(kind)
 
 
+STEP5_PARTS = ("metrics", "figures", "latent_stats", "export", "export_latents")
+"""Step 5's parts, each a flag of its own (``--all``: every one that applies)."""
+
+
+def step5_parts(named: set[str], everything: bool, kind: str, family: str) -> tuple[set[str], dict[str, str]]:
+    """The step 5 parts to run for a run of data ``kind`` and ``family``, and what is skipped (label -> why).
+
+    Args:
+        named: the parts given as flags; none (or ``everything``, ``--all``) means every part that applies.
+
+    Raises:
+        AetuneError: a part named on its own does not apply to this data kind.
+    """
+    from aetune.export import LIGHTNINGDIT_FAMILIES
+
+    wanted = set(STEP5_PARTS) if everything or not named else set(named)
+    skipped = {}
+    reason = unsupported_reason(kind)
+    if reason is not None and "export_latents" in wanted:
+        if "export_latents" in named and not everything:
+            raise AetuneError(f"--export_latents does not apply to this {kind} run: {reason}")
+        wanted.discard("export_latents")
+        skipped["--export_latents"] = f"{kind} data: {reason}"
+    if "export" in wanted and family not in LIGHTNINGDIT_FAMILIES:
+        skipped["--export's *_lightningdit.pt"] = f"only {', '.join(LIGHTNINGDIT_FAMILIES)} have LightningDiT's layout"
+    return wanted, skipped
+
+
 def shard_name(index: int, rank: int = 0) -> str:
     """``latents_rank00_shard000.safetensors``: LightningDiT's name (the sorted order is the image order)."""
     return f"latents_rank{rank:02d}_shard{index:03d}.safetensors"

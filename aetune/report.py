@@ -362,3 +362,44 @@ def format_table(report: dict[str, Any]) -> str:
     score = overall.get("final_score")
     out.append(f"      final_score: {_cell(score, 'final_score') if isinstance(score, float) else score}")
     return "\n".join(out)
+
+
+def write_metrics(
+    folder: Path,
+    evaluated: SplitResult,
+    space: dict[str, Any],
+    labels: dict[str, int],
+    meta: dict[str, Any],
+    checkpoint: Path | str,
+    split: str,
+    unavailable: dict[str, str | None],
+) -> tuple[Path, list[str]]:
+    """Write ``metrics.json`` of one evaluated split; return it and the tables step 5 prints.
+
+    Args:
+        unavailable: ``lpips`` / ``rfid`` -> why that metric could not be computed (None: it was).
+    """
+    from aetune.io import atomic_write_json
+
+    missing = {"lpips": unavailable["lpips"]} if unavailable.get("lpips") else {}
+    rfid = rfid_report(evaluated, unavailable.get("rfid"))
+    quality = quality_report(evaluated.per_image, evaluated.labels, labels, missing, rfid)
+    extra = {"advice": fine_tuning_advice(quality["overall"])} if meta["kind"] == "pretrained" else {}
+    document = metrics_document(quality, space, meta, checkpoint, split, extra)
+    tables = [format_table(quality), format_latent_space(space)]
+    tables += [format_advice(extra["advice"])] if extra else []
+    return atomic_write_json(folder / "metrics.json", document), tables
+
+
+def write_latent_statistics(folder: Path, model: Any, encoded: Any, meta: dict[str, Any], split: str) -> list[Path]:
+    """``latent_statistics.json``, LightningDiT's ``latents_stats.pt`` and, for RAE, the reference's per-position
+    ``stat.pt``, from ``encoded`` (``Evaluator.encoded``: the split's latents and their statistics)."""
+    from aetune.io import atomic_torch_save, atomic_write_json
+
+    stats = encoded.stats
+    document = {**provenance(meta), "split": split, **stats.to_json()}
+    written = [atomic_write_json(folder / "latent_statistics.json", document)]
+    written.append(atomic_torch_save(stats.lightningdit_stats(), folder / "latents_stats.pt"))
+    if hasattr(model, "per_position_stats"):  # RAE: the reference's per-(C, H, W) stat.pt for its DiT
+        written.append(atomic_torch_save(model.per_position_stats(encoded.latents), folder / "stat.pt"))
+    return written
