@@ -98,6 +98,14 @@ def _missing_package(e: ModuleNotFoundError) -> bool:
     return bool(e.name) and e.name.split(".")[0] != "aetune"
 
 
+def _report_missing(e: ModuleNotFoundError) -> int:
+    """Print the one ``error:`` line for a package the environment lacks (with its install command); exit code 2."""
+    from aetune.optional import missing_module_message
+
+    print(f"error: {one_line(missing_module_message(e))}", file=sys.stderr)
+    return 2
+
+
 def run_script(main: Callable[[argparse.Namespace], int], parse_args: Callable[[], argparse.Namespace]) -> int:
     """``run_main(main, parse_args())``, with a package missing while the flags are parsed (their modules are
     imported then) reported as ``run_main`` reports one missing in ``main``: one ``error:`` line, exit 2."""
@@ -106,10 +114,7 @@ def run_script(main: Callable[[argparse.Namespace], int], parse_args: Callable[[
     except ModuleNotFoundError as e:
         if not _missing_package(e) or "-v" in sys.argv or "--verbose" in sys.argv:
             raise
-        from aetune.optional import missing_module_message
-
-        print(f"error: {one_line(missing_module_message(e))}", file=sys.stderr)
-        return 2
+        return _report_missing(e)
     return run_main(main, args)
 
 
@@ -129,10 +134,7 @@ def run_main(main: Callable[[argparse.Namespace], int], args: argparse.Namespace
     except ModuleNotFoundError as e:
         if verbose or not _missing_package(e):
             raise
-        from aetune.optional import missing_module_message
-
-        print(f"error: {one_line(missing_module_message(e))}", file=sys.stderr)
-        return 2
+        return _report_missing(e)
     except AetuneError as e:
         if verbose:
             raise

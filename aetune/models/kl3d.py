@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from aetune.models.base import Autoencoder, FamilyConfig, ModelConfigError, run_block
-from aetune.models.loading import CheckpointError, LoadReport, _few, describe_model, guess_family, read_state_dict
+from aetune.models.loading import CheckpointError, LoadReport, _few, compare_strictly, guess_family, read_state_dict
 from aetune.models.outputs import DecoderOutput, DiagonalGaussian, EncoderOutput
 from aetune.models.registry import register_family
 from aetune.optional import require
@@ -158,23 +158,13 @@ def load_kl3d_weights(model: KL3DAutoencoder, path_or_state_dict: str | Path | M
             f"{_few(list(state), 3)})" + (f"; it looks like {guess}" if guess else "") + ": --pretrained_path for "
             "kl3d takes MONAI AutoencoderKL weights, torch.save(autoencoder.state_dict(), path)"
         )
-    ours = model.state_dict()
-    report = LoadReport(source=source)
-    report.missing = [k for k in ours if k not in state]
-    report.unexpected = [k for k in state if k not in ours]
-    bad = [(k, list(v.shape), list(ours[k].shape)) for k, v in state.items() if k in ours and v.shape != ours[k].shape]
-    if bad:
-        key, theirs, mine = bad[0]
-        raise CheckpointError(
-            f"{source} does not fit the model ({describe_model(model)}): {key} is {theirs} there and {mine} here "
-            f"({len(bad)} tensors differ); build the model with the weights' channels and latent_channels"
-        )
-    if report.missing or report.unexpected:
-        raise CheckpointError(
-            f"{source} does not match the model ({describe_model(model)}): missing {_few(report.missing)}; "
-            f"unexpected {_few(report.unexpected)}; build the model with the weights' options (attention_levels, "
-            "num_res_blocks, with_*_nonlocal_attn)"
-        )
+    report = compare_strictly(
+        model,
+        state,
+        source,
+        "build the model with the weights' channels and latent_channels",
+        "build the model with the weights' options (attention_levels, num_res_blocks, with_*_nonlocal_attn)",
+    )
     model.load_state_dict(dict(state), strict=True)
     report.loaded = len(state)
     return report

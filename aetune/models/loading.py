@@ -223,6 +223,43 @@ def lightningdit_state_dict(model: Autoencoder, discriminator: NLayerDiscriminat
     return state
 
 
+def compare_strictly(
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    source: str,
+    shape_fix: str,
+    keys_fix: str,
+    allow_partial: bool = False,
+) -> LoadReport:
+    """Compare ``state`` with ``model``'s state dict before loading it: the report of missing and unexpected keys.
+
+    Args:
+        shape_fix, keys_fix: how to fix tensors of other shapes / other keys, appended to the error.
+        allow_partial: report missing and unexpected keys instead of refusing them (shapes must still fit).
+
+    Raises:
+        CheckpointError: tensors of other shapes, or (unless ``allow_partial``) missing or unexpected keys.
+    """
+    expected = model.state_dict()
+    report = LoadReport(source=source)
+    report.missing = [k for k in expected if k not in state]
+    report.unexpected = [k for k in state if k not in expected]
+    bad = [(k, list(v.shape), list(expected[k].shape)) for k, v in state.items() if k in expected]
+    bad = [b for b in bad if b[1] != b[2]]
+    if bad:
+        key, theirs, ours = bad[0]
+        raise CheckpointError(
+            f"{source} does not fit the model ({describe_model(model)}): {key} is {theirs} there and {ours} here "
+            f"({len(bad)} tensors differ); {shape_fix}"
+        )
+    if (report.missing or report.unexpected) and not allow_partial:
+        raise CheckpointError(
+            f"{source} does not match the model ({describe_model(model)}): missing {_few(report.missing)}; "
+            f"unexpected {_few(report.unexpected)}; {keys_fix}"
+        )
+    return report
+
+
 def describe_model(model: Autoencoder) -> str:
     """``family(options that differ from the defaults)``, e.g. ``vavae(ch=32)`` or ``kl(defaults)``."""
     default = model.config_cls().to_dict()

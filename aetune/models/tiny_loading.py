@@ -25,7 +25,7 @@ from pathlib import Path
 from torch import Tensor
 
 from aetune.models.base import Autoencoder
-from aetune.models.loading import CheckpointError, LoadReport, _few, describe_model, guess_family, read_state_dict
+from aetune.models.loading import CheckpointError, LoadReport, _few, compare_strictly, guess_family, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -112,25 +112,15 @@ def load_tiny_weights(
         if twice:
             raise CheckpointError(f"{name} gives keys another source already gave ({_few(twice)}): pass each half once")
         merged.update(mapped)
-    report = LoadReport(source=" + ".join(names))
+    report = compare_strictly(
+        model,
+        merged,
+        " + ".join(names),
+        "build the model with the weights' latent_channels, downsample_factor and widths",
+        "pass both halves (encoder and decoder), or allow_partial to keep the rest at initialisation",
+        allow_partial,
+    )
     expected = model.state_dict()
-    report.missing = [k for k in expected if k not in merged]
-    report.unexpected = [k for k in merged if k not in expected]
-    bad = [(k, list(v.shape), list(expected[k].shape)) for k, v in merged.items() if k in expected]
-    bad = [b for b in bad if b[1] != b[2]]
-    if bad:
-        key, theirs, ours = bad[0]
-        raise CheckpointError(
-            f"{report.source} does not fit the model ({describe_model(model)}): {key} is {theirs} there and {ours} "
-            f"here ({len(bad)} tensors differ); build the model with the weights' latent_channels, "
-            "downsample_factor and widths"
-        )
-    if (report.missing or report.unexpected) and not allow_partial:
-        raise CheckpointError(
-            f"{report.source} does not match the model ({describe_model(model)}): missing {_few(report.missing)}; "
-            f"unexpected {_few(report.unexpected)}; pass both halves (encoder and decoder), or allow_partial to "
-            "keep the rest at initialisation"
-        )
     model.load_state_dict({k: v for k, v in merged.items() if k in expected}, strict=not allow_partial)
     report.loaded = len(merged) - len(report.unexpected)
     if report.missing or report.unexpected:
