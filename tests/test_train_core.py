@@ -151,3 +151,43 @@ def test_a_family_on_another_data_kind_is_one_error(tmp_path: Path) -> None:
     with pytest.raises(AetuneError, match=r"step 3 prepared image data .* taehv trains on video data"):
         run_training(TrainRequest(work, cfg, ["1"], accelerator="cpu", progress_bar=False))
     assert not (work / "checkpoints").exists()
+
+
+def test_gpu_kernel_settings_follow_the_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cudnn.benchmark on any GPU; TF32 matmuls only under mixed precision (fp32 keeps float32 matmuls)."""
+    from aetune.train.precision import DevicePlan, configure_kernels
+
+    for flag in ("cudnn.benchmark", "cuda.matmul.allow_tf32"):
+        owner, name = flag.rsplit(".", 1)
+        obj = torch.backends.cudnn if owner == "cudnn" else torch.backends.cuda.matmul
+        monkeypatch.setattr(obj, name, False)
+    configure_kernels(DevicePlan("cpu", 1, 1, "32-true", ""))
+    assert not torch.backends.cudnn.benchmark
+    configure_kernels(DevicePlan("gpu", [0], 1, "32-true", ""))
+    assert torch.backends.cudnn.benchmark and not torch.backends.cuda.matmul.allow_tf32
+    configure_kernels(DevicePlan("gpu", [0], 1, "bf16-mixed", ""))
+    assert torch.backends.cuda.matmul.allow_tf32
+
+
+def test_host_keys_equal_the_hashes_the_cache_lookup_computes(tmp_path: Path) -> None:
+    """The feature cache is looked up with hashes taken on the host before the transfer: they must be the hashes of
+    the images the step feeds the network (``to_uint8`` of the model-range input), or the cache would miss."""
+    from aetune.data.feature_cache import fingerprint, to_uint8
+    from aetune.recipes.autoencoders import VAVAERecipe
+
+    recipe = VAVAERecipe(tiny_config(tmp_path), "1")
+    recipe.feature_cache = object()  # any cache: host_keys only checks that one is in use
+    images = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    x, _ = recipe.inputs((images, torch.zeros(3)))
+    assert torch.equal(recipe.host_keys((images, torch.zeros(3))), fingerprint(to_uint8(x)))
+    recipe.feature_cache = None
+    assert recipe.host_keys((images, torch.zeros(3))) is None
+
+
+def test_rfid_runs_inception_on_the_training_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import aetune.train.runner as runner
+
+    seen = []
+    monkeypatch.setattr(runner, "build_fid_tracker", lambda weights, random_weights, device: (seen.append(device), 0))
+    runner.build_rfid(tiny_config(tmp_path, "train.rfid_images=4"), tmp_path, "cuda")
+    assert seen == ["cuda"]
