@@ -37,6 +37,21 @@ CACHE_MODES = ("ram", "file")
 CACHE_SUBDIR = "cache"
 
 
+def open_cached_array(f: Path, what: str) -> np.ndarray:
+    """A cache file (``.npy``) memory-mapped; one error line naming it when it is damaged.
+
+    Args:
+        what: what the cache holds, in words (``video``, ``volume``): the message says it is rebuilt from those.
+    """
+    try:
+        return np.load(f, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:
+        raise AetuneError(
+            f"cached {what} {f} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}): delete "
+            f"{f.parent} and re-run (it is rebuilt from the {what}s)"
+        ) from e
+
+
 def decode_images(paths: list[Path], size: int, desc: str = "decoding", progress: bool = True) -> np.ndarray:
     """Decode and resize ``paths`` -> (N, size, size, 3) uint8, on a few threads (Pillow frees the GIL).
 

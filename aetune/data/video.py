@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from aetune.data.cache import open_cached_array
 from aetune.data.images import DECOMPRESSION_BOMB, IMAGE_SUFFIXES, load_rgb
 from aetune.data.paired import write_data_documents
 from aetune.data.prepare import PrepareSummary, check_output_dir
@@ -432,13 +433,7 @@ def build_clip_cache(
 
 def _cached_frames(f: Path) -> int:
     """Frames of a cached video (its header only); one error line naming the file when it is damaged."""
-    try:
-        arr = np.load(f, mmap_mode="r")
-    except (OSError, ValueError, EOFError) as e:
-        raise AetuneError(
-            f"cached video {f} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}): delete "
-            f"{f.parent} and re-run (it is rebuilt from the videos)"
-        ) from e
+    arr = open_cached_array(f, "video")
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise AetuneError(
             f"cached video {f} holds {arr.dtype} {list(arr.shape)}, not (T, H, W, 3) uint8: delete {f.parent} and "

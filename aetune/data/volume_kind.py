@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from aetune.data.cache import open_cached_array
 from aetune.data.kinds import register_data_kind
 from aetune.data.paired import write_data_documents
 from aetune.data.prepare import PrepareSummary, check_output_dir
@@ -211,17 +212,6 @@ def prepare_volume_cache(prepared: PreparedData, split: str, size: int, work_dir
                 np.save(f, _load(prepared.path(s), transform, shape))
 
 
-def _cached_volume(f: Path) -> np.ndarray:
-    """A memory-mapped cache file; one error line naming it when it is damaged."""
-    try:
-        return np.load(f, mmap_mode="r")
-    except (OSError, ValueError, EOFError) as e:
-        raise AetuneError(
-            f"cached volume {f} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}): delete "
-            f"{f.parent} and re-run (it is rebuilt from the volumes)"
-        ) from e
-
-
 class VolumeDataset(Dataset):
     """Items ``(float16 (1, D, H, W) in [-1, 1], label)``: volumes in memory, or memory-mapped cache files."""
 
@@ -233,7 +223,7 @@ class VolumeDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         v = self.volumes[i]
-        data = _cached_volume(v) if isinstance(v, Path) else v
+        data = open_cached_array(v, "volume") if isinstance(v, Path) else v
         return torch.from_numpy(np.array(data))[None], self.labels[i]  # (D, H, W) -> (1, D, H, W)
 
 
