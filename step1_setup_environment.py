@@ -19,8 +19,10 @@ from pathlib import Path
 
 from aetune.cli import add_common_args, resolve_work_dir, run_script
 from aetune.config import load_config
-from aetune.disk_budget import disk_plan
-from aetune.env import (
+from aetune.errors import AetuneError
+from aetune.io import atomic_write_json
+from aetune.setup.disk_budget import disk_plan
+from aetune.setup.env import (
     ENVIRONMENT_FILE,
     MIN_FREE_DISK_GB,
     check_requirements,
@@ -28,10 +30,8 @@ from aetune.env import (
     family_requirements,
     install_requirements,
 )
-from aetune.errors import AetuneError
-from aetune.io import atomic_write_json
+from aetune.setup.weights_registry import MODELS
 from aetune.train.plan import parse_stages
-from aetune.weights_registry import MODELS
 
 log = logging.getLogger("aetune")
 

@@ -22,9 +22,9 @@ from huggingface_hub import constants as hf_constants
 
 from aetune.cli import add_common_args, resolve_work_dir, run_script
 from aetune.config import load_config
-from aetune.env import can_reach
 from aetune.errors import AetuneError
-from aetune.hub import (
+from aetune.setup.env import can_reach
+from aetune.setup.hub import (
     MODELS_DIR,
     WeightsDirs,
     ensure_weight,
@@ -33,7 +33,7 @@ from aetune.hub import (
     read_manifest,
     write_bundle,
 )
-from aetune.weights_registry import REGISTRY, WeightSpec, weights_for_config
+from aetune.setup.weights_registry import REGISTRY, WeightSpec, weights_for_config
 
 log = logging.getLogger("aetune")
 

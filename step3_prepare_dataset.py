@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
         )  # fmt: skip
         return 0
     if args.kind == "volume" or args.synthetic == "phantoms":
-        from aetune.data.volume_kind import prepare_volume_source
+        from aetune.data.kinds.volume import prepare_volume_source
 
         prepare_volume_source(args, work_dir)
         return 0

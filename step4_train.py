@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from aetune.hub import attach_recorded_weights, recorded_weight
+    from aetune.setup.hub import attach_recorded_weights, recorded_weight
     from aetune.train.flags import build_config
     from aetune.train.runner import TrainRequest, is_primary, run_training
 

@@ -53,17 +53,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from aetune import figures, report
     from aetune.config import load_config
     from aetune.data.prepared import load_prepared
     from aetune.data.sources import prepared_kind
-    from aetune.evaluate import Evaluator, inception_features, report_lpips, resolve_device
-    from aetune.export import dit_snippet, export_for_dit
-    from aetune.hub import recorded_weight
-    from aetune.latent_dataset import LATENTS_DIR, STEP5_PARTS, step5_parts, write_latent_dataset
-    from aetune.model_source import load_model
-    from aetune.result_set import recover, staged_folder
-    from aetune.tiny_export import export_preview_decoder, has_teacher
+    from aetune.evaluate import figures, report
+    from aetune.evaluate.evaluator import Evaluator, inception_features, report_lpips, resolve_device
+    from aetune.evaluate.export import dit_snippet, export_for_dit
+    from aetune.evaluate.latent_dataset import LATENTS_DIR, STEP5_PARTS, step5_parts, write_latent_dataset
+    from aetune.evaluate.model_source import load_model
+    from aetune.evaluate.result_set import recover, staged_folder
+    from aetune.families.tiny.export import export_preview_decoder, has_teacher
+    from aetune.setup.hub import recorded_weight
 
     if args.batch_size < 1:
         raise AetuneError(f"--batch_size must be at least 1, got {args.batch_size}")
@@ -91,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
         lpips_model, lpips_reason = report_lpips(meta)
         features, rfid_reason = inception_features(inception, device)
     if kind == "video":  # clips as the run trained on them (the kind API carries only the image size)
-        from aetune.data.video_kind import bind_clips
+        from aetune.data.kinds.video import bind_clips
 
         bind_clips(meta["config"])
     evaluator = Evaluator(

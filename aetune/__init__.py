@@ -1,6 +1,7 @@
 """aetune: fine-tune image autoencoders (VA-VAE, KL-VAE, ...) on small datasets and export them for a DiT.
 
-``import aetune`` is cheap (no torch): the model API is imported on first use, so step 1 can report the
+``import aetune`` is cheap (no torch): it registers the built-in families' and tasks' config sections
+(``aetune/families``, ``aetune/tasks``), and the model API is imported on first use, so step 1 can report the
 environment before torch is known to work.
 """
 
@@ -11,15 +12,17 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 __all__ = ["create_autoencoder", "list_families", "load_encoder", "load_weights"]
 
+from aetune import families, tasks  # noqa: F401  (registers the built-in families and tasks; torch-free)
+
 if TYPE_CHECKING:
-    from aetune.export import load_encoder
+    from aetune.evaluate.export import load_encoder
     from aetune.models import create_autoencoder, list_families, load_weights
 
 _LAZY = {
     "create_autoencoder": "aetune.models",
     "list_families": "aetune.models",
     "load_weights": "aetune.models",
-    "load_encoder": "aetune.export",
+    "load_encoder": "aetune.evaluate.export",
 }
 
 

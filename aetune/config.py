@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import importlib
 import math
 import os
 import types
@@ -152,7 +153,7 @@ COMMON_SECTIONS = ("preset", "data", "model", "train")
 def register_schema(
     family: str, default_preset: str, data_kind: str = "image", tiny: dict[str, Any] | None = None, **sections: type
 ) -> FamilySchema:
-    """Register a family's config sections (called by ``aetune/options/<family>.py``, torch-free).
+    """Register a family's config sections (called by ``aetune/families/<family>/options.py``, torch-free).
 
     Args:
         family: the family's short name (as its model's ``register_family``).
@@ -183,8 +184,6 @@ def register_task(task: str, compose: Callable[[FamilySchema], FamilySchema]) ->
 
 def family_schema(family: str, task: str = RECONSTRUCTION) -> FamilySchema:
     """The registered schema of ``family`` (for ``task``); one error line naming the closest name otherwise."""
-    import aetune.options  # noqa: F401  (registers the built-in families' sections; torch-free)
-
     if family not in _SCHEMAS:
         raise AetuneError(f"unknown model.family '{family}'" + _suggest(family, sorted(_SCHEMAS)))
     if task == RECONSTRUCTION:
@@ -196,9 +195,26 @@ def family_schema(family: str, task: str = RECONSTRUCTION) -> FamilySchema:
 
 def schema_families() -> list[str]:
     """Families whose config sections are registered."""
-    import aetune.options  # noqa: F401
-
     return sorted(_SCHEMAS)
+
+
+_MODULES: dict[str, tuple[str, ...]] = {}
+
+
+def register_modules(name: str, *modules: str) -> None:
+    """Name the modules (they need torch) that register family or task ``name``'s model, loaders and recipe.
+
+    Called by the family's package ``__init__`` (``aetune/families/<family>/``), which stays torch-free; the
+    registries (``aetune.models``, ``aetune.recipes``) import the modules when ``name`` is first looked up.
+    """
+    _MODULES[name] = tuple(modules)
+
+
+def import_registered(name: str | None = None) -> None:
+    """Import the modules registered for ``name`` (every family's and task's when None); unknown names: no-op."""
+    for key in [name] if name is not None else list(_MODULES):
+        for module in _MODULES.get(key, ()):
+            importlib.import_module(module)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aetune.hub import WeightCorrupt, WeightsUnavailable, torch_hub_path
+from aetune.setup.hub import WeightCorrupt, WeightsUnavailable, torch_hub_path
 
 log = logging.getLogger(__name__)
 

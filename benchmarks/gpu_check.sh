@@ -225,7 +225,7 @@ if want bench; then
       helper record --block "$name" --title "$title" --start "$t0" --rc 1 --note "not run: BUDGET_S=$BUDGET_S spent"
       continue
     fi
-    timeout "$tmo" "$PY" -m aetune.bench --config vavae --batch_size 8 --steps 8 --warmup 3 --device cuda \
+    timeout "$tmo" "$PY" -m aetune.tools.bench --config vavae --batch_size 8 --steps 8 --warmup 3 --device cuda \
       --precision "$prec" "${RANDOM_WEIGHTS[@]}" > "$log" 2>&1
     rc=$?
     helper bench --block "$name" --title "$title" --start "$t0" --rc $rc --log "$log"
@@ -235,7 +235,7 @@ if want probe; then
   title="kl3d memory probe, 256x256x64, batch 1, channels 16/32/64, AMP, checkpointing on/off" log=$LOGS/probe.log
   t0=$(now)
   if tmo=$(budget $T_PROBE); then
-    timeout "$tmo" "$PY" -m aetune.memory_probe --family kl3d --resolution 256,256,64 --batch_size 1 \
+    timeout "$tmo" "$PY" -m aetune.tools.memory_probe --family kl3d --resolution 256,256,64 --batch_size 1 \
       --channels 16,32,64 --amp on --checkpointing on,off --timeout $(( tmo / 2 - 5 )) --json "$STATE/kl3d_probe.json" \
       > "$log" 2>&1
     rc=$?

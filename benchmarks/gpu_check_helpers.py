@@ -42,7 +42,7 @@ BENCH_ROW = re.compile(
     r"^\s+(?P<phase>[a-z][a-z ]*?)\s+(?P<ips>[\d.]+) images/s\s+(?P<ms>[\d.]+) ms \([\d.]+\.\.[\d.]+\)\s+"
     r"(?P<mib>\d+) MiB"
 )
-"""One phase line of ``python -m aetune.bench`` (``aetune/bench.py``, ``row``)."""
+"""One phase line of ``python -m aetune.tools.bench`` (``aetune/tools/bench.py``, ``row``)."""
 SYNC_MESSAGE = "synchroniz"
 """Fragment of the warning ``torch.cuda.set_sync_debug_mode("warn")`` gives for each host synchronisation."""
 REPO = Path(__file__).resolve().parent.parent
@@ -265,7 +265,7 @@ def vavae_attention(image_size: int = 256) -> tuple[Any, int]:
     """The first attention block of the released-size VA-VAE (random weights) and its grid side at
     ``image_size``: 512 channels over 16 x 16 positions at 256 px (f16)."""
     from aetune import create_autoencoder
-    from aetune.models.ldm import AttnBlock
+    from aetune.nn.ldm import AttnBlock
 
     model = create_autoencoder("vavae")
     block = next(m for m in model.modules() if isinstance(m, AttnBlock))
@@ -401,7 +401,7 @@ def cmd_syncs(args: argparse.Namespace) -> BlockResult:
 
 
 def parse_bench(text: str) -> dict[str, dict[str, float]]:
-    """``aetune.bench`` output -> {phase: {images_per_s, median_ms, peak_mib}} (phases it timed)."""
+    """``aetune.tools.bench`` output -> {phase: {images_per_s, median_ms, peak_mib}} (phases it timed)."""
     rows = {}
     for line in text.splitlines():
         m = BENCH_ROW.match(line)
@@ -558,7 +558,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--skip", type=int, default=2, help="batches not counted (warm-up)")
     s.add_argument("--top", type=int, default=8, help="source lines listed")
     s.add_argument("step4_args", nargs=argparse.REMAINDER)
-    s = block("bench", "parse one aetune.bench run")
+    s = block("bench", "parse one aetune.tools.bench run")
     s.add_argument("--log", required=True)
     s = block("probe", "judge the memory probe's JSON rows")
     s.add_argument("--json", required=True)

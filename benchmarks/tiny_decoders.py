@@ -15,8 +15,8 @@ import contextlib
 
 import torch
 
+from aetune.families.tiny.export import decode_throughput
 from aetune.models import create_autoencoder
-from aetune.tiny_export import decode_throughput
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 import torch.distributed as dist  # noqa: E402
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook  # noqa: E402
 
-import aetune.recipes.autoencoders as kl_recipes  # noqa: E402
+import aetune.families.vavae.recipe as kl_recipes  # noqa: E402
 import step4_train  # noqa: E402
 from aetune.train.module import AutoencoderModule  # noqa: E402
 

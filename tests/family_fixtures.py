@@ -24,8 +24,8 @@ def make_video_work_dir(tmp: Path) -> Path:
 
 def tiny_volume_work_dir(tmp: Path) -> Path:
     """Two classes of 7 synthetic 32^3 phantoms (4 batches of 2 in training), step 3 run (kind ``volume``)."""
+    from aetune.data.kinds.volume import prepare_volume_dataset
     from aetune.data.synthetic.phantoms import generate_phantoms
-    from aetune.data.volume_kind import prepare_volume_dataset
 
     root = generate_phantoms(tmp / "phantoms", 2, 7, (32, 32, 32), file_format="npy", progress=False)
     prepare_volume_dataset(root, tmp / "work", "phantoms", val_ratio=0.2, progress=False)

@@ -244,7 +244,7 @@ def test_a_huge_declared_shape_is_refused_before_anything_is_allocated(
 
 
 def test_a_volume_that_changed_after_step3_is_one_line_naming_it(tmp_path: Path) -> None:
-    from aetune.data.volume_kind import VolumeDataset, _load
+    from aetune.data.kinds.volume import VolumeDataset, _load
 
     transform = vol.VolumeTransform()
     bad = tmp_path / "v.npy"
@@ -401,8 +401,8 @@ def test_unknown_keys_guess_nothing() -> None:
 def test_weights_of_another_family_name_what_they_look_like(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from aetune.models.rae_loading import detect_layout
-    from aetune.models.tiny_loading import to_aetune_keys
+    from aetune.families.rae.loading import detect_layout
+    from aetune.families.tiny.loading import to_aetune_keys
 
     taesd = tmp_path / "taesd_encoder.safetensors"
     save_file(TAESD_ENCODER, str(taesd))
@@ -424,8 +424,8 @@ def test_weights_of_another_family_name_what_they_look_like(tmp_path: Path) -> N
 
 def test_kl3d_refuses_another_family_and_other_shapes(tmp_path: Path) -> None:
     pytest.importorskip("monai")
+    from aetune.families.kl3d.loading import load_kl3d_weights
     from aetune.models import create_autoencoder, get_family
-    from aetune.models.kl3d import load_kl3d_weights
 
     model = create_autoencoder("kl3d", **get_family("kl3d").tiny)
     vavae = tmp_path / "vavae.pt"
@@ -568,7 +568,7 @@ def test_run_main_names_the_family_requirements_and_keeps_aetune_bugs(capsys) ->
 
 
 def test_precision_reasons_nest_no_parentheses() -> None:
-    from aetune.env import GpuFact, advise_precision
+    from aetune.setup.env import GpuFact, advise_precision
 
     for capability, name in (((7, 5), "Tesla T4"), ((8, 0), "A100"), ((6, 0), "P100")):
         gpu = GpuFact(index=0, name=name, capability=capability, memory_gb=16.0)

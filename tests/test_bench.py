@@ -1,4 +1,4 @@
-"""``python -m aetune.bench --compare``: both compositions timed in one process, ratios and peak memory printed."""
+"""``python -m aetune.tools.bench --compare``: both compositions timed in one run, ratios and peak memory printed."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aetune import bench
+from aetune.tools import bench
 from tests.train_helpers import tiny_preset
 
 

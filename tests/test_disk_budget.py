@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from aetune import disk_budget as db
 from aetune.config import load_config
-from aetune.env import GIB
-from aetune.weights_registry import REGISTRY
+from aetune.setup import disk_budget as db
+from aetune.setup.env import GIB
+from aetune.setup.weights_registry import REGISTRY
 
 SIZE = db.ModelSize(autoencoder=1000, discriminator=100, trainable=600)
 
@@ -113,7 +113,7 @@ def test_vavae_preset_projection():
 def test_importable_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from aetune import disk_budget as db\n"
+        "from aetune.setup import disk_budget as db\n"
         "from aetune.config import load_config\n"
         "import importlib.util; importlib.util.find_spec = lambda name: None\n"
         "print(db.project_config(load_config('kl'), ['1'], db.Path('/x')).total)\n"

@@ -39,7 +39,7 @@ class Command:
     """One documented ``python`` invocation: where it is written and what it runs."""
 
     where: str  # README.md:123
-    target: str  # a step script (step4_train.py) or a module (aetune.memory_probe)
+    target: str  # a step script (step4_train.py) or a module (aetune.tools.memory_probe)
     args: tuple[str, ...]
     inline: bool  # a `span` in prose: may name a tool without its required arguments
 
@@ -163,7 +163,7 @@ def placeholder(value: object) -> bool:
 def test_the_docs_hold_commands() -> None:
     targets = {c.target for c in COMMANDS}
     assert {f"step{i}" for i in range(1, 6)} <= {t[:5] for t in targets}  # every step is documented somewhere
-    assert "aetune.memory_probe" in targets
+    assert "aetune.tools.memory_probe" in targets
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=str)

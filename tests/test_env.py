@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from aetune import env
-from aetune.env import GpuFact
 from aetune.errors import AetuneError
+from aetune.setup import env
+from aetune.setup.env import GpuFact
 
 KAGGLE_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
 """A current cu12.8+/cu13 build: Pascal (sm_60) dropped."""

@@ -12,12 +12,12 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 from torch import nn
 
-from aetune import evaluate
 from aetune.data.cache import CachedImages
 from aetune.data.prepare import prepare_dataset
 from aetune.data.prepared import load_prepared
 from aetune.errors import AetuneError
-from aetune.evaluate import (
+from aetune.evaluate import evaluator as evaluate
+from aetune.evaluate.evaluator import (
     Evaluator,
     check_labels,
     evaluate_split,
@@ -26,7 +26,7 @@ from aetune.evaluate import (
     report_lpips,
     resolve_device,
 )
-from aetune.latent_stats import LatentStatsAccumulator
+from aetune.evaluate.latent_stats import LatentStatsAccumulator
 from aetune.models import create_autoencoder, get_family
 from aetune.models.outputs import DecoderOutput, DiagonalGaussian, EncoderOutput
 from tests.conftest import make_user_folders

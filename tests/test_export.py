@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from aetune.errors import AetuneError
-from aetune.export import (
+from aetune.evaluate.export import (
     ENCODER_FORMAT,
     load_encoder,
     save_encoder_export,
     save_lightningdit_checkpoint,
 )
-from aetune.latent_stats import LatentStatistics, LatentStatsAccumulator
+from aetune.evaluate.latent_stats import LatentStatistics, LatentStatsAccumulator
 from aetune.models import create_autoencoder, get_family, load_weights, read_state_dict
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

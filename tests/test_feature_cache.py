@@ -15,8 +15,8 @@ from torch import nn
 from aetune.config import load_config
 from aetune.data.cache import to_model_range
 from aetune.data.feature_cache import FeatureCache, fingerprint, to_uint8, weights_hash
+from aetune.families.vavae.recipe import VAVAERecipe
 from aetune.recipes import StepContext
-from aetune.recipes.autoencoders import VAVAERecipe
 from tests.test_one_backward import TINY
 
 

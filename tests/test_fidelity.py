@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from aetune.losses import ObjectiveWeights, discriminator_objective, generator_objective, vf_loss_parts
-from aetune.models import NLayerDiscriminator, create_autoencoder, load_weights
+from aetune.models import create_autoencoder, load_weights
+from aetune.nn.patchgan import NLayerDiscriminator
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vavae_reference_small.pt"
 

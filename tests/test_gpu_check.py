@@ -58,7 +58,7 @@ def test_script_covers_every_demo_preset() -> None:
 
 def test_script_flags_exist_in_the_project_commands() -> None:
     import step4_train
-    from aetune import bench, memory_probe
+    from aetune.tools import bench, memory_probe
 
     args = step4_train.parse_args(
         shlex.split(
@@ -214,7 +214,7 @@ def test_syncs_takes_step4_arguments_after_a_double_dash() -> None:
 
 
 def test_parse_bench_reads_the_bench_rows() -> None:
-    from aetune.bench import row
+    from aetune.tools.bench import row
 
     text = "\n".join(
         [

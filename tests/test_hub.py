@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from aetune import hub
 from aetune.errors import AetuneError
-from aetune.weights_registry import MODELS, REGISTRY, TORCH_HUB, WeightSpec
+from aetune.setup import hub
+from aetune.setup.weights_registry import MODELS, REGISTRY, TORCH_HUB, WeightSpec
 
 
 def _blob(seed: int, n: int) -> bytes:

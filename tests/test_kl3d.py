@@ -15,9 +15,9 @@ pytest.importorskip("einops")
 from monai.networks.nets import AutoencoderKL  # noqa: E402
 
 from aetune.errors import AetuneError  # noqa: E402
+from aetune.families.kl3d.losses import SQUEEZENET_FILE, PatchDiscriminator3D, build_perceptual_3d  # noqa: E402
+from aetune.families.kl3d.model import KL3DAutoencoder  # noqa: E402
 from aetune.models import ModelConfigError, create_autoencoder, get_family  # noqa: E402
-from aetune.models.kl3d import KL3DAutoencoder  # noqa: E402
-from aetune.models.kl3d_losses import SQUEEZENET_FILE, PatchDiscriminator3D, build_perceptual_3d  # noqa: E402
 
 # The tiny config with attention switched on at the last level, so the parity covers every block type.
 OPTS = {**get_family("kl3d").tiny, "attention_levels": [False, True]}
@@ -247,7 +247,7 @@ def test_a_stage_without_perceptual_loss_builds_no_perceptual_network() -> None:
 
 
 def test_memory_probe_grid_rows_and_table() -> None:
-    from aetune import memory_probe as mp
+    from aetune.tools import memory_probe as mp
 
     args = mp.parse_args(
         ["--family", "kl3d", "--resolution", "32,32,16", "--channels", "8,16", "--amp", "off",
@@ -270,7 +270,7 @@ def test_memory_probe_grid_rows_and_table() -> None:
 
 
 def test_memory_probe_runs_a_step_and_reports_a_failure_as_a_row() -> None:
-    from aetune import memory_probe as mp
+    from aetune.tools import memory_probe as mp
 
     spec = mp.grid(
         mp.parse_args(
@@ -287,7 +287,7 @@ def test_memory_probe_runs_a_step_and_reports_a_failure_as_a_row() -> None:
 
 def test_the_random_backbone_build_leaves_torch_home_in_charge(tmp_path, monkeypatch) -> None:
     """After the temporary hub folder, torch hub follows $TORCH_HOME again (it used to stay pinned)."""
-    from aetune.models.kl3d_losses import _hub_dir
+    from aetune.families.kl3d.losses import _hub_dir
 
     with _hub_dir(tmp_path / "tmp_hub"):
         assert torch.hub.get_dir() == str(tmp_path / "tmp_hub")

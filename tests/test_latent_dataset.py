@@ -15,7 +15,7 @@ from safetensors import safe_open
 from aetune.data.cache import CachedImages
 from aetune.data.prepared import Sample
 from aetune.errors import AetuneError
-from aetune.latent_dataset import INDEX_FILE, STATS_FILE, shard_name, unsupported_reason, write_latent_dataset
+from aetune.evaluate.latent_dataset import INDEX_FILE, STATS_FILE, shard_name, unsupported_reason, write_latent_dataset
 from aetune.models import create_autoencoder, get_family
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from aetune.latent_stats import NEAR_DEAD_STD, LatentStatsAccumulator
+from aetune.evaluate.latent_stats import NEAR_DEAD_STD, LatentStatsAccumulator
 from aetune.models.outputs import DiagonalGaussian
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from aetune.losses import ObjectiveWeights, adaptive_weight, build_lpips, discriminator_objective, generator_objective
-from aetune.models import NLayerDiscriminator, create_autoencoder, get_family
+from aetune.models import create_autoencoder, get_family
+from aetune.nn.patchgan import NLayerDiscriminator
 
 KEYS = {
     "total",

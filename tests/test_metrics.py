@@ -11,7 +11,7 @@ from scipy import linalg
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from aetune import metrics
-from aetune.hub import WeightCorrupt, WeightsUnavailable
+from aetune.setup.hub import WeightCorrupt, WeightsUnavailable
 
 
 @pytest.fixture

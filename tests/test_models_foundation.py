@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from aetune.errors import AetuneError
-from aetune.models import FrozenTeacher
+from aetune.nn.foundation import FrozenTeacher
 
 REG = "vit_small_patch14_reg4_dinov2.lvd142m"  # 14 px patches, CLS + 4 register tokens
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from aetune.models import NLayerDiscriminator, create_autoencoder, lightningdit_state_dict
-from aetune.models.ldm import AttnBlock, swish
+from aetune.families.vavae.loading import lightningdit_state_dict
+from aetune.models import create_autoencoder
+from aetune.nn.ldm import AttnBlock, swish
+from aetune.nn.patchgan import NLayerDiscriminator
 
 MANIFEST = Path(__file__).parent / "fixtures" / "vavae_f16d32_keys.json"
 

@@ -10,14 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from aetune.models import (
-    CheckpointError,
-    NLayerDiscriminator,
-    create_autoencoder,
-    lightningdit_state_dict,
-    load_weights,
-    read_state_dict,
-)
+from aetune.families.vavae.loading import lightningdit_state_dict
+from aetune.models import CheckpointError, create_autoencoder, load_weights, read_state_dict
+from aetune.nn.patchgan import NLayerDiscriminator
 
 SMALL = {"ch": 32, "ch_mult": [1, 1, 2], "attn_resolutions": [8], "resolution": 32, "align_dim": 64}
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from aetune.losses import build_lpips
-from aetune.models import FrozenTeacher, NLayerDiscriminator, create_autoencoder, get_family
+from aetune.models import create_autoencoder, get_family
+from aetune.nn.foundation import FrozenTeacher
+from aetune.nn.patchgan import NLayerDiscriminator
 
 
 def test_parameter_ownership() -> None:

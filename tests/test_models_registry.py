@@ -11,6 +11,7 @@ import torch
 import yaml
 
 import aetune
+from aetune.families.vavae.kl import KLAutoencoder, KLConfig
 from aetune.losses import ObjectiveWeights, generator_objective
 from aetune.models import (
     Autoencoder,
@@ -19,14 +20,13 @@ from aetune.models import (
     EncoderOutput,
     FamilyConfig,
     ModelConfigError,
-    NLayerDiscriminator,
     create_autoencoder,
     get_family,
     list_families,
     register_family,
     registry,
 )
-from aetune.models.kl import KLAutoencoder, KLConfig
+from aetune.nn.patchgan import NLayerDiscriminator
 
 FAMILIES = list_families()
 

@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from aetune.config import load_config
+from aetune.families.vavae.recipe import VAVAERecipe
 from aetune.recipes import StepContext
-from aetune.recipes.autoencoders import VAVAERecipe
 
 TINY = {
     "model": {

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from aetune.models import CheckpointError, create_autoencoder, get_family
-from aetune.models.rae import RAE
-from aetune.models.rae_loading import (
+from aetune.families.rae.loading import (
     load_rae_weights,
     read_latent_stats,
     released_decoder_state_dict,
 )
+from aetune.families.rae.model import RAE
+from aetune.models import CheckpointError, create_autoencoder, get_family
 
 pytest.importorskip("transformers")
 

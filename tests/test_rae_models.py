@@ -9,10 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from aetune.errors import AetuneError
-from aetune.models import ModelConfigError, create_autoencoder, get_family
-from aetune.models.rae import RAE, RAEConfig, apply_token_noise, sample_token_noise
-from aetune.models.rae_decoder import DECODER_SIZES, RAEDecoder, sincos_pos_embed
-from aetune.models.rae_discriminator import (
+from aetune.families.rae.decoder import DECODER_SIZES, RAEDecoder, sincos_pos_embed
+from aetune.families.rae.discriminator import (
     DinoFeatures,
     DinoHeads,
     LocalBatchNorm,
@@ -21,8 +19,10 @@ from aetune.models.rae_discriminator import (
     sn_conv1d,
     translate,
 )
-from aetune.models.rae_encoders import ENCODERS, FrozenEncoder
-from aetune.models.rae_loading import map_key
+from aetune.families.rae.encoders import ENCODERS, FrozenEncoder
+from aetune.families.rae.loading import map_key
+from aetune.families.rae.model import RAE, RAEConfig, apply_token_noise, sample_token_noise
+from aetune.models import ModelConfigError, create_autoencoder, get_family
 
 transformers = pytest.importorskip("transformers")
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from aetune.config import load_config
 from aetune.errors import AetuneError
-from aetune.losses.rae import quantize_fakes, rae_generator_objective
+from aetune.families.rae.losses import quantize_fakes, rae_generator_objective
 from aetune.recipes import StepContext, get_recipe
 from aetune.train.schedule import lr_at
 
@@ -124,8 +124,8 @@ def test_random_encoder_weights_path_conflict_and_missing_file(tmp_path) -> None
 
 @pytest.mark.parametrize("encoder", ["dinov2-reg-b", "siglip2-b16-256"])  # SigLIP2: position ids built in __init__
 def test_dit_export_keeps_the_encoder_and_the_latent_normalisation(encoder: str, tmp_path) -> None:
-    from aetune.export import load_encoder, save_encoder_export
-    from aetune.latent_stats import LatentStatsAccumulator
+    from aetune.evaluate.export import load_encoder, save_encoder_export
+    from aetune.evaluate.latent_stats import LatentStatsAccumulator
     from aetune.models import create_autoencoder, get_family
 
     size = 56 if encoder.startswith("dinov2") else 64
@@ -146,7 +146,7 @@ def test_dit_export_keeps_the_encoder_and_the_latent_normalisation(encoder: str,
 
 
 def test_token_cache_encodes_each_image_once() -> None:
-    from aetune.recipes.token_cache import TokenCache
+    from aetune.families.rae.token_cache import TokenCache
 
     calls: list[int] = []
 

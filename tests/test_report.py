@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from aetune import figures, report
-from aetune.evaluate import SplitResult
-from aetune.latent_stats import LatentStatsAccumulator
+from aetune.evaluate import figures, report
+from aetune.evaluate.evaluator import SplitResult
+from aetune.evaluate.latent_stats import LatentStatsAccumulator
 
 NO_LPIPS = {"lpips": "unavailable: vgg16-397923af.pth is missing"}
 

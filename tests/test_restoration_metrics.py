@@ -8,7 +8,7 @@ import torch
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from aetune.restoration_metrics import (
+from aetune.tasks.restoration.metrics import (
     aggregate_by_type,
     final_score,
     psnr_y,

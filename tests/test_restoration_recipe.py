@@ -18,10 +18,10 @@ from aetune.data.kinds import get_data_kind
 from aetune.data.paired import prepare_paired_dataset
 from aetune.data.prepared import load_prepared
 from aetune.data.synthetic.paired import generate_paired_dataset
-from aetune.losses.restoration import RestorationWeights, restoration_objective
-from aetune.options.restoration import RestorationLossConfig
 from aetune.recipes.base import StepContext
-from aetune.recipes.restoration import RestorationRecipe
+from aetune.tasks.restoration.losses import RestorationWeights, restoration_objective
+from aetune.tasks.restoration.options import RestorationLossConfig
+from aetune.tasks.restoration.recipe import RestorationRecipe
 
 TINY = {
     "model": {
@@ -164,7 +164,7 @@ def test_validation_values_per_degradation_type() -> None:
     labels = torch.tensor([1, 0, 1, 1])
     values = recipe.validation_values(gt, out, labels, {0: "Blur", 1: "Noise"})
     assert set(values) == {"psnr", "ssim", "Blur/psnr", "Blur/ssim", "Noise/psnr", "Noise/ssim"}  # no LPIPS: none
-    from aetune.restoration_metrics import aggregate_by_type, psnr_y
+    from aetune.tasks.restoration.metrics import aggregate_by_type, psnr_y
 
     torch.testing.assert_close(values["psnr"], psnr_y(out, gt, crop_border=2))
     assert values["Noise/psnr"].shape == (3,)

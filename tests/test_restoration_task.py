@@ -12,7 +12,7 @@ import step5_validate_export as step5
 from aetune.cli import run_main
 from aetune.config import config_from_dict, load_config
 from aetune.errors import AetuneError
-from aetune.options.restoration import RestorationLossConfig
+from aetune.tasks.restoration.options import RestorationLossConfig
 from aetune.train.runner import TrainRequest, run_training
 from tests.test_restoration_recipe import TINY
 

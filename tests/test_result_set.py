@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from aetune import result_set
 from aetune.errors import AetuneError
+from aetune.evaluate import result_set
 from aetune.io import atomic_write_text
 
 

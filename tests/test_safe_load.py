@@ -13,14 +13,9 @@ import torch
 from safetensors.torch import save_file
 
 from aetune.errors import AetuneError
-from aetune.models import (
-    CheckpointError,
-    NLayerDiscriminator,
-    create_autoencoder,
-    lightningdit_state_dict,
-    load_weights,
-    read_state_dict,
-)
+from aetune.families.vavae.loading import lightningdit_state_dict
+from aetune.models import CheckpointError, create_autoencoder, load_weights, read_state_dict
+from aetune.nn.patchgan import NLayerDiscriminator
 from aetune.safe_load import PICKLE, SAFETENSORS, ZIP, load_torch_file, sniff
 from aetune.train.artifacts import load_autoencoder_checkpoint, read_checkpoint
 

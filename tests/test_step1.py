@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import step1_setup_environment as step1
-from aetune import env
 from aetune.cli import run_main
-from aetune.env import GpuFact
+from aetune.setup import env
+from aetune.setup.env import GpuFact
 from tests.write_faults import disk_full, read_only, snapshot
 
 KAGGLE_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
@@ -226,13 +226,13 @@ def test_flags_are_checked_without_torch(tmp_path):
     code = (
         "import sys; sys.modules['torch'] = None\n"  # `import torch` raises ImportError
         "import step1_setup_environment as step1\n"
-        "from aetune import env\n"
+        "from aetune.setup import env\n"
         "real = env._version; env._version = lambda n: None if n in ('torch', 'torchvision') else real(n)\n"
         "from aetune.cli import run_main\n"
         f"work = {str(tmp_path / 'work')!r}\n"
         "print(run_main(step1.main, step1.parse_args(['--output_dir', work, '--family', 'nope'])))\n"
         "print(run_main(step1.main, step1.parse_args(['--output_dir', work, '--config', 'vavae', '--stages', '1'])))\n"
-        "from aetune.config import load_config; from aetune import disk_budget as db\n"
+        "from aetune.config import load_config; from aetune.setup import disk_budget as db\n"
         "cfg = load_config('vavae'); cfg.model.freeze_encoder_levels = 0\n"
         "table = db.project_run(db.FULL_SIZE['vavae'], ['1'], db.weight_items(cfg, step1.Path(work)))\n"
         "print(db.project_config(cfg, ['1'], step1.Path(work)).needed == table.needed > 6 * 2**30)\n"

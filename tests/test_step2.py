@@ -8,8 +8,8 @@ import json
 import pytest
 
 import step2_download_models as step2
-from aetune import hub
 from aetune.cli import run_main
+from aetune.setup import hub
 from tests.test_hub import FakeRemote
 from tests.write_faults import read_only, snapshot
 
@@ -84,7 +84,7 @@ def test_bad_weights_dir(remote, tmp_path, capsys):
 
 def test_config_selects_what_the_run_needs(tmp_path, capsys):
     from aetune.config import load_config
-    from aetune.weights_registry import weights_for_config
+    from aetune.setup.weights_registry import weights_for_config
 
     assert weights_for_config(load_config("demo")) == []
     assert weights_for_config(load_config("vavae")) == [

@@ -12,12 +12,15 @@ import pytest
 import torch
 
 import step5_validate_export as step5
-from aetune import figures, hub, metrics, report, result_set
+from aetune import metrics
 from aetune.cli import run_main
 from aetune.config import load_config
 from aetune.data.prepare import prepare_dataset
-from aetune.export import load_encoder
-from aetune.models import create_autoencoder, get_family, lightningdit_state_dict
+from aetune.evaluate import figures, report, result_set
+from aetune.evaluate.export import load_encoder
+from aetune.families.vavae.loading import lightningdit_state_dict
+from aetune.models import create_autoencoder, get_family
+from aetune.setup import hub
 from aetune.train.plan import RunState
 from tests.conftest import make_user_folders
 from tests.family_fixtures import TINY_DATA

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from aetune.families.tiny.loading import load_tiny_weights
+from aetune.families.tiny.taehv import TAEHV
 from aetune.models import CheckpointError, ModelConfigError, create_autoencoder, get_family
-from aetune.models.taehv import TAEHV
-from aetune.models.tiny_loading import load_tiny_weights
 
 
 def tiny(**overrides: object) -> TAEHV:

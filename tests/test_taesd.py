@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from aetune.families.tiny.loading import layout_of, load_tiny_weights
+from aetune.families.tiny.taesd import TAESD
 from aetune.models import CheckpointError, ModelConfigError, create_autoencoder
-from aetune.models.taesd import TAESD
-from aetune.models.tiny_loading import layout_of, load_tiny_weights
 
 diffusers = pytest.importorskip("diffusers")
 

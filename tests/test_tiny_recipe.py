@@ -9,9 +9,9 @@ import torch
 
 from aetune.config import load_config
 from aetune.errors import AetuneError
+from aetune.families.tiny.recipe import TinyRecipe, VideoTinyRecipe
 from aetune.models import create_autoencoder, get_family
 from aetune.recipes.base import StepContext
-from aetune.recipes.tiny import TinyRecipe, VideoTinyRecipe
 from aetune.train.artifacts import FINAL_FORMAT, META_KEYS
 
 STUDENT = ["model.args.width=8", "model.args.latent_channels=32", "model.args.downsample_factor=4"]
@@ -106,7 +106,7 @@ def test_video_targets_are_the_frames_that_come_back() -> None:
 
 def test_step5_scores_video_clips_per_frame_and_averages_per_clip(tmp_path: Path) -> None:
     from aetune import metrics
-    from aetune.evaluate import evaluate_split, to_unit
+    from aetune.evaluate.evaluator import evaluate_split, to_unit
 
     torch.manual_seed(0)
     model = create_autoencoder("taehv", **get_family("taehv").tiny).eval()
@@ -127,7 +127,7 @@ def test_step5_scores_video_clips_per_frame_and_averages_per_clip(tmp_path: Path
 def test_preview_decoder_export_reloads_and_times_both_decoders(tmp_path: Path) -> None:
     import json
 
-    from aetune.tiny_export import SPEED_FILE, export_preview_decoder, has_teacher, load_preview_decoder
+    from aetune.families.tiny.export import SPEED_FILE, export_preview_decoder, has_teacher, load_preview_decoder
 
     path, stats, kl = teacher_file(tmp_path)
     overrides = [*STUDENT, f"distill.teacher={path}", f"distill.latent_stats={stats}"]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from aetune.errors import AetuneError
 from aetune.losses import build_lpips
-from aetune.models.ldm import AttnBlock
+from aetune.nn.ldm import AttnBlock
 from aetune.train.artifacts import read_checkpoint, split_stage_checkpoint
 from aetune.train.module import AutoencoderModule
 from aetune.train.plan import RunState, check_order
@@ -134,7 +134,7 @@ def test_a_resume_that_fails_on_a_truncated_checkpoint_records_no_experiment(tmp
 
 
 def test_a_task_run_is_named_for_its_task(tmp_path: Path) -> None:
-    from aetune.report import figure_title
+    from aetune.evaluate.report import figure_title
     from aetune.train.artifacts import final_model_path
 
     assert final_model_path(tmp_path, "kl", "pairs", "restoration").name == "kl_restoration_pairs_final.pt"
@@ -173,7 +173,7 @@ def test_host_keys_equal_the_hashes_the_cache_lookup_computes(tmp_path: Path) ->
     """The feature cache is looked up with hashes taken on the host before the transfer: they must be the hashes of
     the images the step feeds the network (``to_uint8`` of the model-range input), or the cache would miss."""
     from aetune.data.feature_cache import fingerprint, to_uint8
-    from aetune.recipes.autoencoders import VAVAERecipe
+    from aetune.families.vavae.recipe import VAVAERecipe
 
     recipe = VAVAERecipe(tiny_config(tmp_path), "1")
     recipe.feature_cache = object()  # any cache: host_keys only checks that one is in use

@@ -10,7 +10,7 @@ import torch
 
 import aetune.train.module as module_file
 from aetune.config import Config
-from aetune.recipes.autoencoders import KLRecipe
+from aetune.families.vavae.recipe import KLRecipe
 from aetune.train.runner import TrainRequest, TrainResult, run_training
 from tests.fp16_emulation import emulate_mixed_precision
 from tests.train_helpers import make_work_dir, nan_inputs_at, tiny_config

@@ -151,7 +151,7 @@ def test_cli_flags_override_the_preset(tmp_path: Path) -> None:
 
 def test_demo_preset_matches_its_teacher() -> None:
     demo = yaml.safe_load((Path(step4_train.__file__).parent / "configs" / "demo.yaml").read_text())
-    from aetune.models import FrozenTeacher
+    from aetune.nn.foundation import FrozenTeacher
 
     teacher = FrozenTeacher(demo["teacher"]["name"], pretrained=False)
     assert demo["model"]["args"]["align_dim"] == teacher.embed_dim
@@ -166,7 +166,9 @@ def test_unknown_resume_source_is_an_error(tmp_path: Path) -> None:
 
 def test_stage_one_starts_from_pretrained_weights(tmp_path: Path) -> None:
     """A LightningDiT-layout file: its autoencoder and discriminator load, and the fine-tuning lr is 1e-5."""
-    from aetune.models import NLayerDiscriminator, create_autoencoder, lightningdit_state_dict
+    from aetune.families.vavae.loading import lightningdit_state_dict
+    from aetune.models import create_autoencoder
+    from aetune.nn.patchgan import NLayerDiscriminator
 
     work = make_work_dir(tmp_path)
     cfg = tiny_config(tmp_path, "train.learning_rate=null", "model.freeze_encoder_levels=1")

@@ -101,7 +101,7 @@ def test_torchrun_launch_with_a_global_batch(tmp_path: Path) -> None:
 
 
 def test_a_run_that_cannot_fit_the_disk_fails_before_training(tmp_path: Path, monkeypatch) -> None:
-    from aetune.disk_budget import DiskBudgetError
+    from aetune.setup.disk_budget import DiskBudgetError
     from aetune.train import runner
     from tests.train_helpers import tiny_config
 

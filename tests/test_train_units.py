@@ -13,8 +13,8 @@ import torch
 from aetune.data.cache import CachedImages, build_file_cache, cache_file, load_images
 from aetune.data.datamodule import StageBatchSampler, batches_per_epoch
 from aetune.data.prepared import load_prepared
-from aetune.env import GpuFact
 from aetune.errors import AetuneError
+from aetune.setup.env import GpuFact
 from aetune.train.callbacks import AtomicCheckpointIO
 from aetune.train.csvlog import StageCSVLogger
 from aetune.train.plan import RunState, check_order, import_session, parse_stages
@@ -173,7 +173,7 @@ def test_checkpoint_write_crash_keeps_the_previous_file(tmp_path: Path, monkeypa
 
 
 def test_bench_reports_each_phase(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from aetune import bench
+    from aetune.tools import bench
 
     preset = str(tiny_preset(tmp_path))
     common = ["--config", preset, "--batch_size", "2", "--steps", "2", "--warmup", "0", "--device", "cpu"]

@@ -189,8 +189,8 @@ def test_phantoms_as_npy(tmp_path: Path) -> None:
 
 
 def test_volume_kind_serves_the_stage_resolution_from_ram_and_file(tmp_path: Path) -> None:
+    from aetune.data.kinds.volume import prepare_volume_cache, prepare_volume_dataset, stage_shape, volume_dataset
     from aetune.data.prepared import load_prepared
-    from aetune.data.volume_kind import prepare_volume_cache, prepare_volume_dataset, stage_shape, volume_dataset
 
     root = generate_phantoms(tmp_path / "p", 2, 3, (20, 20, 12), file_format="npy", progress=False)
     work = tmp_path / "work"
@@ -213,7 +213,7 @@ def test_volume_kind_serves_the_stage_resolution_from_ram_and_file(tmp_path: Pat
 
 
 def test_volumes_of_several_shapes_need_a_target_shape(tmp_path: Path) -> None:
-    from aetune.data.volume_kind import prepare_volume_dataset
+    from aetune.data.kinds.volume import prepare_volume_dataset
 
     save_npy(tmp_path / "d" / "g" / "a.npy", blob((16, 16, 12)))
     save_npy(tmp_path / "d" / "g" / "b.npy", blob((16, 16, 10), seed=1))

@@ -74,7 +74,7 @@ def nan_inputs_at(monkeypatch, batches: set[int]) -> None:
 
     Every loss term is then non-finite, whichever way the recipe splits its backward.
     """
-    from aetune.recipes.autoencoders import KLRecipe
+    from aetune.families.vavae.recipe import KLRecipe
 
     real = KLRecipe.generator_step
 

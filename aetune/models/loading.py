@@ -1,11 +1,8 @@
-"""Loading released and foreign weights strictly, and writing them back in LightningDiT's layout.
+"""Reading weight files safely, comparing them strictly with a model, and the one ``load_weights`` for every family.
 
-The released VA-VAE is a full Lightning checkpoint (``{"state_dict": ...}``, ~2.15 GB) whose keys are
-``encoder.*``, ``decoder.*``, ``quant_conv.*``, ``post_quant_conv.*``, ``linear_proj.weight``,
-``loss.discriminator.*``, ``loss.logvar``, ``loss.perceptual_loss.*`` (LPIPS) and ``foundation_model.*``
-(DINOv2). LightningDiT itself loads it with ``strict=False`` inside a bare ``try/except``, so a wrong file
-silently trains from scratch; here every key is accounted for: loaded, skipped for a stated reason, or an
-error.
+Each family registers how its released layouts load (:func:`register_loader`, in
+``aetune/families/<family>/loading.py``); :func:`load_weights` dispatches on the model's family. Every key of
+a file is accounted for: loaded, skipped for a stated reason, or a one-line error naming the file.
 """
 
 from __future__ import annotations
@@ -13,15 +10,15 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from aetune.config import import_registered
 from aetune.models.base import Autoencoder
-from aetune.models.discriminator import NLayerDiscriminator
 from aetune.safe_load import SAFETENSORS, CheckpointError, load_safetensors_file, load_torch_file, sniff
 
 log = logging.getLogger(__name__)
@@ -39,7 +36,7 @@ the nll is plain L1 + LPIPS; our objective assumes exactly that, so a non-zero v
 
 @dataclass
 class LoadReport:
-    """What ``load_weights`` did with every key of the checkpoint.
+    """What a loader did with every key of the checkpoint.
 
     Attributes:
         source: the file (``"<state dict>"`` for a mapping built in memory).
@@ -132,95 +129,29 @@ def _released_layout(obj: Mapping, name: str) -> Mapping:
     return out
 
 
-def load_weights(
-    model: Autoencoder,
-    path_or_state_dict: str | Path | Mapping[str, Tensor],
-    discriminator: NLayerDiscriminator | None = None,
-    allow_partial: bool = False,
-    source: str | None = None,
-) -> LoadReport:
-    """Load LightningDiT-layout weights (the released checkpoint, or a plain state dict) strictly.
+_LOADERS: dict[str, Callable[..., LoadReport]] = {}
 
-    Args:
-        model: the autoencoder to fill (``encoder.*``, ``decoder.*``, ``quant_conv.*``,
-            ``post_quant_conv.*``, and ``linear_proj.weight`` for ``vavae``).
-        path_or_state_dict: a weights file (see ``read_state_dict``) or a state dict.
-        discriminator: receives ``loss.discriminator.*``; if None those keys are skipped.
-        allow_partial: accept missing and unexpected keys (explicit partial initialisation, e.g. a
-            ``vavae`` from a ``kl`` checkpoint); the report is then logged as a warning. Shape
-            mismatches are errors regardless.
-        source: the file a plain mapping came from, for messages (a ``StateDict`` knows its own).
 
-    Returns:
-        The ``LoadReport``.
+def register_loader(family: str, loader: Callable[..., LoadReport]) -> None:
+    """Register ``loader(model, *sources, **options) -> LoadReport`` as how ``family``'s released weights load."""
+    _LOADERS[family] = loader
+
+
+def load_weights(model: Autoencoder, *sources: str | Path | Mapping[str, Tensor], **options: Any) -> LoadReport:
+    """Load any released layout the model's family reads (files or state dicts), strictly.
+
+    Dispatches on ``model.family`` to the family's registered loader: LightningDiT checkpoints for ``kl`` and
+    ``vavae`` (``discriminator=``, ``allow_partial=``), released or diffusers RAE files for ``rae``, released
+    or diffusers TAESD/TAEHV halves for ``taesd``/``taehv``, MONAI ``AutoencoderKL`` state dicts for ``kl3d``.
 
     Raises:
-        CheckpointError: one line naming the file and the model, when shapes differ (wrong size or
-            family), when keys are missing or unexpected without ``allow_partial``, when ``loss.logvar``
-            is non-zero, or when the file cannot be read safely.
+        CheckpointError: one line naming the file and the model (see each family's loader).
+        TypeError: an option the family's loader does not take.
     """
-    state, source = read_state_dict(path_or_state_dict, source)
-    report = LoadReport(source=source)
-    targets = {"": model.state_dict()}
-    if discriminator is not None:
-        targets[DISCRIMINATOR_PREFIX] = discriminator.state_dict()
-    found: dict[str, dict[str, Tensor]] = {prefix: {} for prefix in targets}
-    for key, tensor in state.items():
-        if key.startswith(tuple(SKIPPED_PREFIXES)) or (key.startswith(DISCRIMINATOR_PREFIX) and discriminator is None):
-            report.skipped.append(key)
-        elif key == LOGVAR_KEY:
-            if tensor.float().abs().max().item() != 0.0:
-                raise CheckpointError(
-                    f"{source} has {LOGVAR_KEY}={tensor.float().flatten()[0].item():g}; the objective assumes the "
-                    "released value 0 (a fixed unit-variance nll)"
-                )
-            report.skipped.append(key)
-        else:
-            prefix = DISCRIMINATOR_PREFIX if key.startswith(DISCRIMINATOR_PREFIX) else ""
-            name = key[len(prefix) :]
-            if name in targets[prefix]:
-                found[prefix][name] = tensor
-            else:
-                report.unexpected.append(key)
-    for prefix, expected in targets.items():
-        report.missing += [prefix + k for k in expected if k not in found[prefix]]
-        bad = [
-            (prefix + k, t.shape, expected[k].shape) for k, t in found[prefix].items() if t.shape != expected[k].shape
-        ]
-        if bad:
-            key, theirs, ours = bad[0]
-            raise CheckpointError(
-                f"{source} ({describe_checkpoint(state)}) does not fit the model ({describe_model(model)}): {key} is "
-                f"{list(theirs)} there and {list(ours)} here ({len(bad)} tensors differ); build the model with the "
-                "checkpoint's options"
-            )
-    if (report.missing or report.unexpected) and not allow_partial:
-        raise CheckpointError(
-            f"{source} ({describe_checkpoint(state)}) does not match the model ({describe_model(model)}): "
-            f"missing {_few(report.missing)}; unexpected {_few(report.unexpected)}; use the matching family and "
-            "options, or pass allow_partial to initialise the rest randomly"
-        )
-    modules: dict[str, nn.Module] = {"": model, DISCRIMINATOR_PREFIX: discriminator}
-    for prefix, tensors in found.items():
-        modules[prefix].load_state_dict(tensors, strict=not allow_partial)
-        report.loaded += len(tensors)
-    if report.missing or report.unexpected:
-        log.warning("partial initialisation (allow_partial):\n%s", report.summary())
-    return report
-
-
-def lightningdit_state_dict(model: Autoencoder, discriminator: NLayerDiscriminator | None = None) -> dict[str, Tensor]:
-    """The model (and discriminator) in the released checkpoint's layout, loadable by LightningDiT.
-
-    Adds ``loss.logvar`` = 0 and ``loss.discriminator.*``; leaves out the teacher and LPIPS (which
-    LightningDiT rebuilds from their own weights). For the full-size ``vavae`` with a default
-    discriminator these are exactly the 366 keys of the released model.
-    """
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    state[LOGVAR_KEY] = torch.zeros(())
-    if discriminator is not None:
-        state.update({DISCRIMINATOR_PREFIX + k: v.detach() for k, v in discriminator.state_dict().items()})
-    return state
+    import_registered(model.family)
+    if model.family not in _LOADERS:
+        raise CheckpointError(f"family '{model.family}' registers no weight loader")
+    return _LOADERS[model.family](model, *sources, **options)
 
 
 def compare_strictly(

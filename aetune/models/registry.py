@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from aetune.config import import_registered
 from aetune.models.base import Autoencoder, FamilyConfig, ModelConfigError
 
 
@@ -63,13 +64,16 @@ def register_family(
 
 
 def list_families() -> list[str]:
-    """Registered family names, sorted."""
+    """Registered family names, sorted (every built-in family's model module is imported first)."""
+    import_registered()
     return sorted(_FAMILIES)
 
 
 def get_family(name: str) -> Family:
     """The registered family ``name``; ``ModelConfigError`` naming the closest name otherwise."""
+    import_registered(name)
     if name not in _FAMILIES:
+        import_registered()
         raise ModelConfigError(f"unknown autoencoder family '{name}'" + _suggest(name, list(_FAMILIES)))
     return _FAMILIES[name]
 

@@ -1,12 +1,13 @@
 """Training recipes by family name: ``get_recipe("vavae")`` -> the ``Recipe`` subclass step 4 trains with.
 
-A family is: its model (``aetune/models``, ``register_family``), its config sections (``aetune/options``,
-``register_schema``) and its recipe (here, ``register_recipe``). The contract tests
-(``tests/test_family_contract.py``) run for every family registered here.
+A family (``aetune/families/<family>/``) registers its model (``register_family``), its config sections
+(``register_schema``) and its recipe (here, ``register_recipe``, called by its ``recipe.py``). The contract
+tests (``tests/test_family_contract.py``) run for every family registered here.
 """
 
 from __future__ import annotations
 
+from aetune.config import import_registered
 from aetune.errors import AetuneError
 from aetune.recipes.base import Networks, PhaseResult, Recipe, StepContext, frozen
 
@@ -33,6 +34,7 @@ def register_task_recipe(task: str, cls: type[Recipe]) -> type[Recipe]:
 
 def get_recipe(family: str, task: str = "reconstruction") -> type[Recipe]:
     """The recipe class of ``family`` (or of ``task``); one error line listing the trainable families otherwise."""
+    import_registered(task if task != "reconstruction" else family)
     if task != "reconstruction":
         if task not in _TASK_RECIPES:
             raise AetuneError(f"task '{task}' has no training recipe; tasks: {', '.join(sorted(_TASK_RECIPES))}")
@@ -44,27 +46,9 @@ def get_recipe(family: str, task: str = "reconstruction") -> type[Recipe]:
 
 def list_recipes() -> list[str]:
     """Families that can be trained, sorted."""
+    import_registered()
     return sorted(_RECIPES)
 
-
-from aetune.recipes import autoencoders  # noqa: E402  (registers the built-in recipes)
-
-register_recipe("kl", autoencoders.KLRecipe)
-register_recipe("vavae", autoencoders.VAVAERecipe)
-from aetune.recipes import rae  # noqa: E402
-
-register_recipe("rae", rae.RAERecipe)
-from aetune.recipes import tiny  # noqa: E402
-
-register_recipe("taesd", tiny.TinyRecipe)
-register_recipe("taehv", tiny.VideoTinyRecipe)
-from aetune.recipes import kl3d  # noqa: E402
-
-register_recipe("kl3d", kl3d.KL3DRecipe)
-
-from aetune.recipes import restoration  # noqa: E402
-
-register_task_recipe("restoration", restoration.RestorationRecipe)
 
 __all__ = [
     "Networks",

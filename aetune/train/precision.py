@@ -1,7 +1,7 @@
 """Which devices and which numeric precision a training run uses, decided once before the Trainer exists.
 
 Precision comes from ``--precision`` / ``train.precision``, else from step 1's advice in
-``environment.json``, else from the GPUs themselves (same rule as step 1, ``aetune.env.advise_precision``):
+``environment.json``, else from the GPUs themselves (same rule as step 1, ``aetune.setup.env.advise_precision``):
 T4 (sm_75) fp16 mixed with loss scaling, never bf16 there; compute capability >= 8.0 bf16 mixed; older
 GPUs and CPU fp32. A GPU this torch has no kernels for (P100 on current Kaggle builds) stops the run here.
 """
@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from pytorch_lightning.strategies import DDPStrategy
 
-from aetune.env import ENVIRONMENT_FILE, GpuFact, advise_precision, assert_gpus_usable, gpu_facts
 from aetune.errors import AetuneError
 from aetune.io import read_json
+from aetune.setup.env import ENVIRONMENT_FILE, GpuFact, advise_precision, assert_gpus_usable, gpu_facts
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from aetune.hub import WeightCorrupt, WeightsUnavailable
 from aetune.metrics import InceptionFeatureExtractor, rfid
+from aetune.setup.hub import WeightCorrupt, WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def build_fid_tracker(
 
     Args:
         weights_path: pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (step 2 records it as
-            ``fid_inception``: ``aetune.hub.recorded_weight(work_dir, "fid_inception")``); None looks in the
+            ``fid_inception``: ``aetune.setup.hub.recorded_weight(work_dir, "fid_inception")``); None looks in the
             torch hub cache, as step 5 does.
         random_weights: random Inception weights (tests and the offline demo only; every result says so).
         device: where the network runs.

@@ -28,13 +28,13 @@ from aetune.data.datamodule import ImageDataModule, batches_per_epoch
 from aetune.data.prepare import prepare_dataset
 from aetune.data.prepared import SPLIT_FILE, PreparedData, data_dir, load_prepared
 from aetune.data.sources import prepared_kind
-from aetune.disk_budget import project_config
-from aetune.env import KAGGLE_QUOTA_GB, disk_facts
 from aetune.errors import AetuneError
-from aetune.hub import recorded_weight
 from aetune.io import atomic_write_text
 from aetune.paths import KAGGLE_WORKING
 from aetune.recipes import get_recipe
+from aetune.setup.disk_budget import project_config
+from aetune.setup.env import KAGGLE_QUOTA_GB, disk_facts
+from aetune.setup.hub import recorded_weight
 from aetune.train.amp import WindowMixedPrecision, scaler_state
 from aetune.train.artifacts import (
     final_model_path,

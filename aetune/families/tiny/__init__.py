@@ -1,0 +1,9 @@
+"""Tiny autoencoders distilled from a teacher: ``taesd`` (images) and ``taehv`` (video), madebyollin's layouts."""
+
+from aetune.config import register_modules
+from aetune.families.tiny import options  # noqa: F401  (registers the config sections)
+
+_MODULES = (f"{__name__}.taesd", f"{__name__}.taehv", f"{__name__}.loading", f"{__name__}.recipe")
+
+for _name in ("taesd", "taehv"):
+    register_modules(_name, *_MODULES)

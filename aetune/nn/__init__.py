@@ -1,0 +1,1 @@
+"""Blocks families share: the LDM conv/attention blocks, the PatchGAN discriminator, frozen foundation teachers."""

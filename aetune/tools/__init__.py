@@ -1,0 +1,1 @@
+"""Measurement tools: the training benchmark and the memory probe."""
