@@ -21,7 +21,6 @@ from aetune.cli import add_common_args, resolve_work_dir, run_script
 from aetune.config import load_config
 from aetune.errors import AetuneError
 from aetune.io import atomic_write_json
-from aetune.setup.disk_budget import disk_plan
 from aetune.setup.env import (
     ENVIRONMENT_FILE,
     MIN_FREE_DISK_GB,
@@ -31,6 +30,7 @@ from aetune.setup.env import (
     install_requirements,
 )
 from aetune.setup.weights_registry import MODELS
+from aetune.train.disk_budget import disk_plan
 from aetune.train.plan import parse_stages
 
 log = logging.getLogger("aetune")
@@ -128,14 +128,8 @@ def main(args: argparse.Namespace) -> int:
     env = collect_environment(work_dir, kaggle_t4=args.kaggle_t4, min_free_gb=args.min_free_gb)
     if cfg is not None:
         try:
-            env["disk_plan"], plan_errors = disk_plan(
-                cfg,
-                stages,
-                args.config or cfg.model.family,
-                (args.models_dir or work_dir / MODELS).resolve(),
-                work_dir,
-                env["disk"]["free_gb"],
-            )
+            label, models_dir = args.config or cfg.model.family, (args.models_dir or work_dir / MODELS).resolve()
+            env["disk_plan"], plan_errors = disk_plan(cfg, stages, label, models_dir, work_dir, env["disk"]["free_gb"])
             errors += plan_errors
         except AetuneError as e:  # e.g. a family's package that failed to install: reported, the rest still written
             warnings.append(f"no disk plan: {e}")

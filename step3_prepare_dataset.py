@@ -106,7 +106,7 @@ def _data_root(args: argparse.Namespace, work_dir: Path) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from aetune.data.prepare import check_output_dir, format_table, prepare_dataset
+    from aetune.data.prepare import check_output_dir, log_summary, prepare_dataset
 
     check_args(args)
     work_dir = resolve_work_dir(args)
@@ -129,26 +129,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     root = _data_root(args, work_dir)
     summary = prepare_dataset(root, work_dir, args.name, args.val_ratio, args.seed, progress=not args.no_progress)
-    log.info("data root: %s", summary.data_root)
-    log.info(format_table(summary))
-    if summary.empty_users:
-        log.warning("excluded user folders with no usable image: %s", ", ".join(summary.empty_users))
-    if summary.duplicates or summary.near_duplicates:
-        log.warning(
-            "%d exact duplicate images and %d near-duplicate pairs (each group kept on one side of the split): "
-            "see data/dataset.json",
-            summary.duplicates,
-            summary.near_duplicates,
-        )
-    no_train = [row[0] for row in summary.rows if row[2] == 0]
-    if no_train:
-        log.warning("users with no training image (all drawn for validation): %s", ", ".join(no_train))
-    if summary.rejected:
-        log.warning("%d files rejected, with reasons, in data/dataset.json", summary.rejected)
-    if summary.changed:
-        log.info("wrote %s/data/{labels,dataset,split}.json", work_dir)
-    else:
-        log.info("%s/data is up to date: nothing changed", work_dir)
+    log_summary(summary, work_dir)
     return 0
 
 

@@ -5,11 +5,10 @@
     python step5_validate_export.py --checkpoint pretrained --metrics --kaggle   # before any training
 
 Writes <work_dir>/results as one set (built beside it, then swapped in): metrics.json (overall, per user,
-thresholds, constant-image baselines, user separability, the fine-tuning advice for the released model),
-reconstruction_results.png, latent_users.png, training_curves.png, latent_statistics.json, latents_stats.pt
-(LightningDiT format), <family>_encoder_for_dit.pt, <family>_<dataset>_lightningdit.pt (kl, vavae) and latents/
-(LightningDiT's latent dataset; image and volume runs). --all runs the parts that apply to the run's data kind
-and family and prints one line per part it skips; a part named on its own that does not apply is an error.
+thresholds, constant-image baselines, user separability, advice for the released model), reconstruction_results.png,
+latent_users.png, training_curves.png, latent_statistics.json, latents_stats.pt (LightningDiT format),
+<family>_encoder_for_dit.pt, <family>_<dataset>_lightningdit.pt (kl, vavae) and latents/ (LightningDiT's latent
+dataset; image and volume runs). --all runs the parts that apply to the run, naming each it skips.
 """
 
 from __future__ import annotations
@@ -54,16 +53,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     from aetune.config import load_config
+    from aetune.data.kinds.video import bind_clips
     from aetune.data.prepared import load_prepared
     from aetune.data.sources import prepared_kind
     from aetune.evaluate import figures, report
-    from aetune.evaluate.evaluator import Evaluator, inception_features, report_lpips, resolve_device
+    from aetune.evaluate.evaluator import Evaluator, quality_models, resolve_device
     from aetune.evaluate.export import dit_snippet, export_for_dit
     from aetune.evaluate.latent_dataset import LATENTS_DIR, STEP5_PARTS, step5_parts, write_latent_dataset
     from aetune.evaluate.model_source import load_model
     from aetune.evaluate.result_set import recover, staged_folder
-    from aetune.families.tiny.export import export_preview_decoder, has_teacher
-    from aetune.setup.hub import recorded_weight
+    from aetune.models.registry import family_exports
 
     if args.batch_size < 1:
         raise AetuneError(f"--batch_size must be at least 1, got {args.batch_size}")
@@ -86,13 +85,10 @@ def main(args: argparse.Namespace) -> int:
 
     lpips_model = features = lpips_reason = rfid_reason = None
     if "metrics" in parts:
-        recorded_weight(work_dir, "lpips_vgg16")  # links step 2's VGG16 into the torch hub cache for lpips
-        inception = args.inception_weights or recorded_weight(work_dir, "fid_inception")
-        lpips_model, lpips_reason = report_lpips(meta)
-        features, rfid_reason = inception_features(inception, device)
+        lpips_model, lpips_reason, features, rfid_reason = quality_models(
+            meta, work_dir, args.inception_weights, device
+        )
     if kind == "video":  # clips as the run trained on them (the kind API carries only the image size)
-        from aetune.data.kinds.video import bind_clips
-
         bind_clips(meta["config"])
     evaluator = Evaluator(
         model, prepared, size, meta["config"]["data"]["cache"], work_dir, lpips_model=lpips_model, features=features,
@@ -128,8 +124,8 @@ def main(args: argparse.Namespace) -> int:
         if "export" in parts:
             exports = export_for_dit(res, model, stats, prepared.labels, size, info)
             written += exports
-            if has_teacher(meta):  # a tiny decoder distilled from a teacher: what DiT sample previews decode with
-                written += export_preview_decoder(res, model, meta, size, device)
+            for family_export in family_exports(model.family):  # e.g. a distilled tiny decoder for DiT previews
+                written += family_export(res, model, meta, size, device)
         if "export_latents" in parts:
             splits = ["train"] * len(prepared.train) + ["val"] * len(prepared.val)
             exported = write_latent_dataset(
@@ -146,14 +142,7 @@ def main(args: argparse.Namespace) -> int:
             latents=out / LATENTS_DIR if "export_latents" in parts else None,
         )  # fmt: skip
         notes.append(f"use it in your DiT:\n\n{hint}")
-    names = [path.relative_to(res).as_posix() for path in written]
-    for name in names:
-        log.info("wrote %s", out / name)
-    kept = [k for k in staged.kept if k not in names]
-    if kept:
-        log.info("kept from earlier runs (parts not asked for now): %s", ", ".join(kept))
-    for note in notes:
-        log.info("\n%s", note)
+    report.log_written(out, res, written, staged.kept, notes)
     return 0
 
 

@@ -144,6 +144,8 @@ class FamilySchema:
     default_preset: str  # the preset ``--family NAME`` loads
     data_kind: str  # "image" | "pair" | "video" | "volume"
     tiny: dict[str, Any] = field(default_factory=dict)  # partial config: a CPU-sized run (contract tests, demos)
+    released: tuple[str, ...] = ()  # weight registry names of the released model a real fine-tune starts from
+    full_size: tuple[int, int] | None = None  # (autoencoder, discriminator) parameters at the defaults (no torch)
 
 
 _SCHEMAS: dict[str, FamilySchema] = {}
@@ -151,7 +153,13 @@ COMMON_SECTIONS = ("preset", "data", "model", "train")
 
 
 def register_schema(
-    family: str, default_preset: str, data_kind: str = "image", tiny: dict[str, Any] | None = None, **sections: type
+    family: str,
+    default_preset: str,
+    data_kind: str = "image",
+    tiny: dict[str, Any] | None = None,
+    released: tuple[str, ...] = (),
+    full_size: tuple[int, int] | None = None,
+    **sections: type,
 ) -> FamilySchema:
     """Register a family's config sections (called by ``aetune/families/<family>/options.py``, torch-free).
 
@@ -161,6 +169,11 @@ def register_schema(
         data_kind: what its recipe consumes (``aetune.data.kinds``).
         tiny: a partial config (preset form) that makes a CPU run take seconds: the contract tests
             (``tests/test_family_contract.py``) train every family with it.
+        released: weight registry names (``aetune/families/<family>/weights.py``) of the released model a
+            fine-tune with a pretrained teacher starts from, its weights first (step 2 ``--config``, step 5
+            ``--released``).
+        full_size: (autoencoder, discriminator) parameter counts at the default options, so step 1 sizes the
+            run's files without torch (``tests/test_disk_budget.py`` checks them against the built model).
         **sections: section name -> dataclass; ``loss`` is required.
     """
     if "loss" not in sections:
@@ -168,7 +181,7 @@ def register_schema(
     clash = set(sections) & set(COMMON_SECTIONS)
     if clash:
         raise TypeError(f"family {family} redefines common sections {sorted(clash)}")
-    schema = FamilySchema(family, dict(sections), default_preset, data_kind, dict(tiny or {}))
+    schema = FamilySchema(family, dict(sections), default_preset, data_kind, dict(tiny or {}), released, full_size)
     _SCHEMAS[family] = schema
     return schema
 

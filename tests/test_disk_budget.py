@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from aetune.config import load_config
-from aetune.setup import disk_budget as db
+from aetune.config import load_config, schema_families
 from aetune.setup.env import GIB
 from aetune.setup.weights_registry import REGISTRY
+from aetune.train import disk_budget as db
 
 SIZE = db.ModelSize(autoencoder=1000, discriminator=100, trainable=600)
 
@@ -54,13 +54,13 @@ def test_check_fails_in_one_line_with_the_ways_out():
     assert "--models_dir /tmp" in msg and "--stages 1" in msg and "delete the checkpoints of finished stages" in msg
 
 
-@pytest.mark.parametrize("family", sorted(db.FULL_SIZE))
+@pytest.mark.parametrize("family", [f for f in schema_families() if db.full_size(f)])
 def test_full_size_table_matches_the_models(family):
     """The table step 1 uses without torch is what the models count on the meta device."""
     cfg = load_config(family)
     cfg.model.args, cfg.model.freeze_encoder_levels = {}, 0
     assert db._counted(cfg) == db.ModelSize(
-        **{**vars(db.FULL_SIZE[family]), "trainable": db.FULL_SIZE[family].autoencoder}
+        **{**vars(db.full_size(family)), "trainable": db.full_size(family).autoencoder}
     )
 
 
@@ -70,20 +70,20 @@ def test_vavae_table_matches_the_released_checkpoint():
     ae = sum(n for k, n in numel.items() if not k.startswith("loss."))
     disc = sum(n for k, n in numel.items() if k.startswith("loss.discriminator.") and "running" not in k
                and "num_batches" not in k)  # fmt: skip
-    assert (ae, disc) == (db.FULL_SIZE["vavae"].autoencoder, db.FULL_SIZE["vavae"].discriminator)
+    assert (ae, disc) == (db.full_size("vavae").autoencoder, db.full_size("vavae").discriminator)
     assert sum(n for k, n in numel.items() if k.startswith("encoder.")) == keys["encoder_params"] == 28_413_248
 
 
 def test_model_size_counts_frozen_levels_and_options():
     cfg = load_config("vavae", ["model.freeze_encoder_levels=3", "model.args.ch=64"])
     size = db.model_size(cfg)
-    assert size.trainable < size.autoencoder < db.FULL_SIZE["vavae"].autoencoder
+    assert size.trainable < size.autoencoder < db.full_size("vavae").autoencoder
     assert db.model_size(load_config("vavae")) == db._counted(load_config("vavae"))
 
 
 def test_model_size_without_torch_uses_the_table(monkeypatch):
     monkeypatch.setattr(db.importlib.util, "find_spec", lambda name: None)
-    assert db.model_size(load_config("vavae", ["model.freeze_encoder_levels=0"])) == db.FULL_SIZE["vavae"]
+    assert db.model_size(load_config("vavae", ["model.freeze_encoder_levels=0"])) == db.full_size("vavae")
     with pytest.raises(db.AetuneError, match="cannot size the 'vavae' model with these options without torch"):
         db.model_size(load_config("vavae", ["model.args.ch=64"]))
 
@@ -113,11 +113,11 @@ def test_vavae_preset_projection():
 def test_importable_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from aetune.setup import disk_budget as db\n"
+        "from aetune.train import disk_budget as db\n"
         "from aetune.config import load_config\n"
         "import importlib.util; importlib.util.find_spec = lambda name: None\n"
         "print(db.project_config(load_config('kl'), ['1'], db.Path('/x')).total)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert res.returncode == 0, res.stderr
-    assert int(res.stdout) > db.FULL_SIZE["kl"].autoencoder * 4
+    assert int(res.stdout) > db.full_size("kl").autoencoder * 4

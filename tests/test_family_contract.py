@@ -16,8 +16,8 @@ import torch
 import yaml
 
 from aetune.config import _merge, family_schema, load_config
+from aetune.models.checkpoint import load_autoencoder_checkpoint
 from aetune.recipes import list_recipes
-from aetune.train.artifacts import load_autoencoder_checkpoint
 from aetune.train.module import AutoencoderModule
 from aetune.train.runner import TrainRequest, run_training
 from tests.family_fixtures import TINY_DATA

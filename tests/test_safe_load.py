@@ -15,9 +15,9 @@ from safetensors.torch import save_file
 from aetune.errors import AetuneError
 from aetune.families.vavae.loading import lightningdit_state_dict
 from aetune.models import CheckpointError, create_autoencoder, load_weights, read_state_dict
+from aetune.models.checkpoint import load_autoencoder_checkpoint, read_checkpoint
 from aetune.nn.patchgan import NLayerDiscriminator
 from aetune.safe_load import PICKLE, SAFETENSORS, ZIP, load_torch_file, sniff
-from aetune.train.artifacts import load_autoencoder_checkpoint, read_checkpoint
 
 KEYS = json.loads((Path(__file__).parent / "fixtures" / "vavae_f16d32_keys.json").read_text())["keys"]
 SMALL = {"ch": 32, "ch_mult": [1, 1, 2], "attn_resolutions": [8], "resolution": 32, "align_dim": 64}

@@ -165,14 +165,14 @@ def test_family_installs_its_requirements_through_the_pinned_pip(tmp_path, machi
 def test_unknown_family_is_one_line_listing_the_valid_ones(tmp_path, machine, monkeypatch, capsys):
     extras = tmp_path / "requirements"
     extras.mkdir()
-    for name in ("rae", "taesd", "kl3d"):
+    for name in ("rae", "taesd", "kl3d", "hf"):
         (extras / f"{name}.txt").write_text("numpy>=1.0\n")
     monkeypatch.setattr(step1, "FAMILY_REQUIREMENTS", extras)
     code, data = run(tmp_path, machine, "--family", "tasd")
     err = capsys.readouterr().err
     assert code == 2 and data == {} and machine["pip_calls"] == []
     assert err.count("\n") == 1 and err.startswith("error: unknown family 'tasd' (did you mean 'taesd'?)")
-    assert err.rstrip().endswith("are kl, kl3d, rae, taesd, vavae")
+    assert err.rstrip().endswith("are hf, kl, kl3d, rae, taehv, taesd, vavae")
     assert not (tmp_path / "work").exists()  # nothing written before the flags are known good
 
 
@@ -232,9 +232,9 @@ def test_flags_are_checked_without_torch(tmp_path):
         f"work = {str(tmp_path / 'work')!r}\n"
         "print(run_main(step1.main, step1.parse_args(['--output_dir', work, '--family', 'nope'])))\n"
         "print(run_main(step1.main, step1.parse_args(['--output_dir', work, '--config', 'vavae', '--stages', '1'])))\n"
-        "from aetune.config import load_config; from aetune.setup import disk_budget as db\n"
+        "from aetune.config import load_config; from aetune.train import disk_budget as db\n"
         "cfg = load_config('vavae'); cfg.model.freeze_encoder_levels = 0\n"
-        "table = db.project_run(db.FULL_SIZE['vavae'], ['1'], db.weight_items(cfg, step1.Path(work)))\n"
+        "table = db.project_run(db.full_size('vavae'), ['1'], db.weight_items(cfg, step1.Path(work)))\n"
         "print(db.project_config(cfg, ['1'], step1.Path(work)).needed == table.needed > 6 * 2**30)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(step1.__file__).parent)

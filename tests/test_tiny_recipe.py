@@ -11,8 +11,8 @@ from aetune.config import load_config
 from aetune.errors import AetuneError
 from aetune.families.tiny.recipe import TinyRecipe, VideoTinyRecipe
 from aetune.models import create_autoencoder, get_family
+from aetune.models.checkpoint import FINAL_FORMAT, META_KEYS
 from aetune.recipes.base import StepContext
-from aetune.train.artifacts import FINAL_FORMAT, META_KEYS
 
 STUDENT = ["model.args.width=8", "model.args.latent_channels=32", "model.args.downsample_factor=4"]
 

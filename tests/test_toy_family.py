@@ -20,8 +20,8 @@ import aetune.recipes as recipes_py
 from aetune.config import bounds, load_config, register_schema
 from aetune.data.cache import to_model_range
 from aetune.models import Autoencoder, DecoderOutput, EncoderOutput, FamilyConfig, register_family
+from aetune.models.checkpoint import load_autoencoder_checkpoint
 from aetune.recipes import Networks, PhaseResult, Recipe, StepContext, register_recipe
-from aetune.train.artifacts import load_autoencoder_checkpoint
 from aetune.train.runner import TrainRequest, run_training
 from tests.train_helpers import make_work_dir
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from aetune.errors import AetuneError
 from aetune.losses import build_lpips
+from aetune.models.checkpoint import read_checkpoint, split_stage_checkpoint
 from aetune.nn.ldm import AttnBlock
-from aetune.train.artifacts import read_checkpoint, split_stage_checkpoint
 from aetune.train.module import AutoencoderModule
 from aetune.train.plan import RunState, check_order
 from aetune.train.precision import FSDP_REFUSAL, plan_devices

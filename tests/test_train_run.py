@@ -13,7 +13,7 @@ import yaml
 import step4_train
 from aetune.config import Config, load_config_file
 from aetune.errors import AetuneError
-from aetune.train.artifacts import FINAL_FORMAT, load_autoencoder_checkpoint
+from aetune.models.checkpoint import FINAL_FORMAT, load_autoencoder_checkpoint
 from aetune.train.flags import KAGGLE_MAX_HOURS, build_config
 from aetune.train.runner import TrainRequest, TrainResult, run_training
 from tests.train_helpers import make_work_dir, tiny_config, tiny_preset

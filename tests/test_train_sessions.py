@@ -101,8 +101,8 @@ def test_torchrun_launch_with_a_global_batch(tmp_path: Path) -> None:
 
 
 def test_a_run_that_cannot_fit_the_disk_fails_before_training(tmp_path: Path, monkeypatch) -> None:
-    from aetune.setup.disk_budget import DiskBudgetError
     from aetune.train import runner
+    from aetune.train.disk_budget import DiskBudgetError
     from tests.train_helpers import tiny_config
 
     work = make_work_dir(tmp_path)

@@ -187,3 +187,27 @@ def format_table(summary: PrepareSummary) -> str:
     lines.append("-" * (width + 32))
     lines.append(f"{'total':<{width}}  {len(summary.rows):>5}  {tr:>5}  {va:>5}  {summary.rejected:>8}")
     return "\n".join(lines)
+
+
+def log_summary(summary: PrepareSummary, work_dir: Path) -> None:
+    """Step 3's report of a prepared folder dataset: the per-user table, then what was excluded and why."""
+    log.info("data root: %s", summary.data_root)
+    log.info(format_table(summary))
+    if summary.empty_users:
+        log.warning("excluded user folders with no usable image: %s", ", ".join(summary.empty_users))
+    if summary.duplicates or summary.near_duplicates:
+        log.warning(
+            "%d exact duplicate images and %d near-duplicate pairs (each group kept on one side of the split): "
+            "see data/dataset.json",
+            summary.duplicates,
+            summary.near_duplicates,
+        )
+    no_train = [row[0] for row in summary.rows if row[2] == 0]
+    if no_train:
+        log.warning("users with no training image (all drawn for validation): %s", ", ".join(no_train))
+    if summary.rejected:
+        log.warning("%d files rejected, with reasons, in data/dataset.json", summary.rejected)
+    if summary.changed:
+        log.info("wrote %s/data/{labels,dataset,split}.json", work_dir)
+    else:
+        log.info("%s/data is up to date: nothing changed", work_dir)

@@ -26,7 +26,7 @@ from aetune.data.prepared import PreparedData
 from aetune.errors import AetuneError
 from aetune.evaluate.latent_stats import LatentStatistics, LatentStatsAccumulator
 from aetune.models.base import Autoencoder
-from aetune.setup.hub import WeightCorrupt, WeightsUnavailable
+from aetune.setup.hub import WeightCorrupt, WeightsUnavailable, recorded_weight
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +327,19 @@ def inception_features(weights: str | None, device: torch.device) -> tuple[nn.Mo
     except WeightCorrupt as e:  # the rest of the report is still worth writing; the table says why rFID is missing
         log.warning("WARNING: %s", e)
         return None, f"unavailable: {e}"
+
+
+def quality_models(
+    meta: dict[str, Any], work_dir: Path, inception_weights: str | None, device: torch.device
+) -> tuple[nn.Module | None, str | None, nn.Module | None, str | None]:
+    """(LPIPS model, why not, FID Inception extractor, why not) for step 5's metrics, from step 2's weights.
+
+    Finding the recorded VGG16 links it into the torch hub cache, where ``lpips`` looks for it.
+    """
+    recorded_weight(work_dir, "lpips_vgg16")
+    lpips_model, lpips_reason = report_lpips(meta)
+    features, rfid_reason = inception_features(inception_weights or recorded_weight(work_dir, "fid_inception"), device)
+    return lpips_model, lpips_reason, features, rfid_reason
 
 
 def resolve_device(name: str | None) -> torch.device:

@@ -19,20 +19,17 @@ from torch import Tensor, nn
 
 from aetune.errors import AetuneError
 from aetune.evaluate.latent_stats import LatentStatistics
-from aetune.families.vavae.loading import lightningdit_state_dict
 from aetune.io import atomic_torch_save
 from aetune.models import create_autoencoder
 from aetune.models.base import Autoencoder
-from aetune.train.artifacts import read_checkpoint
+from aetune.models.checkpoint import read_checkpoint
+from aetune.models.loading import lightningdit_writer
 
 ENCODER_FORMAT = "aetune.encoder/1"
 """Value of ``"format"`` in an encoder export; bumped when its layout changes."""
 
 ENCODER_MODULES = ("encoder", "quant_conv")
 """Submodules of a LightningDiT-layout autoencoder that map images to the posterior moments."""
-
-LIGHTNINGDIT_FAMILIES = ("kl", "vavae")
-"""Families whose state dict already has LightningDiT's key names."""
 
 
 def encoder_modules(model: Autoencoder) -> tuple[str, ...]:
@@ -75,8 +72,8 @@ def encoder_state_dict(model: Autoencoder) -> dict[str, Tensor]:
     missing = [name for name in names if not isinstance(getattr(model, name, None), (nn.Module, Tensor))]
     if missing:
         raise AetuneError(
-            f"family '{model.family}' has no {', '.join(missing)} module: the DiT encoder export supports "
-            f"the LightningDiT layout ({', '.join(LIGHTNINGDIT_FAMILIES)})"
+            f"family '{model.family}' has no {', '.join(missing)} module: the DiT encoder export needs the "
+            "family's encoder_modules (the LightningDiT layout's encoder and quant_conv by default)"
         )
     state = {
         name: getattr(model, name).detach().cpu().clone() for name in names if isinstance(getattr(model, name), Tensor)
@@ -280,11 +277,10 @@ def save_lightningdit_checkpoint(path: str | Path, model: Autoencoder) -> Path:
     Raises:
         AetuneError: the family does not have LightningDiT's layout.
     """
-    if model.family not in LIGHTNINGDIT_FAMILIES:
-        raise AetuneError(
-            f"family '{model.family}' has no LightningDiT counterpart (only {', '.join(LIGHTNINGDIT_FAMILIES)})"
-        )
-    state = {k: v.cpu().clone() for k, v in lightningdit_state_dict(model).items()}
+    writer = lightningdit_writer(model.family)
+    if writer is None:
+        raise AetuneError(f"family '{model.family}' has no LightningDiT counterpart")
+    state = {k: v.cpu().clone() for k, v in writer(model).items()}
     return atomic_torch_save({"state_dict": state}, path)
 
 
@@ -308,7 +304,7 @@ def export_for_dit(
     """
     out = Path(out_dir)
     written = [save_encoder_export(out / encoder_export_name(model.family), model, stats, labels, image_size, info)]
-    if model.family in LIGHTNINGDIT_FAMILIES:
+    if lightningdit_writer(model.family) is not None:
         written.append(
             save_lightningdit_checkpoint(out / lightningdit_export_name(model.family, info["dataset"]), model)
         )

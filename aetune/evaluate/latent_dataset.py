@@ -39,6 +39,7 @@ from aetune.evaluate.evaluator import model_input
 from aetune.evaluate.latent_stats import LATENT_SOURCES, LatentStatistics, LatentStatsAccumulator
 from aetune.io import atomic_path, atomic_torch_save, atomic_write_json
 from aetune.models.base import Autoencoder
+from aetune.models.loading import lightningdit_writer
 from aetune.optional import require
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,6 @@ def step5_parts(named: set[str], everything: bool, kind: str, family: str) -> tu
     Raises:
         AetuneError: a part named on its own does not apply to this data kind.
     """
-    from aetune.evaluate.export import LIGHTNINGDIT_FAMILIES
-
     wanted = set(STEP5_PARTS) if everything or not named else set(named)
     skipped = {}
     reason = unsupported_reason(kind)
@@ -88,8 +87,8 @@ def step5_parts(named: set[str], everything: bool, kind: str, family: str) -> tu
             raise AetuneError(f"--export_latents does not apply to this {kind} run: {reason}")
         wanted.discard("export_latents")
         skipped["--export_latents"] = f"{kind} data: {reason}"
-    if "export" in wanted and family not in LIGHTNINGDIT_FAMILIES:
-        skipped["--export's *_lightningdit.pt"] = f"only {', '.join(LIGHTNINGDIT_FAMILIES)} have LightningDiT's layout"
+    if "export" in wanted and lightningdit_writer(family) is None:
+        skipped["--export's *_lightningdit.pt"] = f"LightningDiT's tokenizer cannot load a {family} model"
     return wanted, skipped
 
 

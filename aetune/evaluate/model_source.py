@@ -11,23 +11,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from aetune.config import Config
+from aetune.config import Config, family_schema, schema_families
 from aetune.data.prepared import PreparedData
 from aetune.errors import AetuneError
 from aetune.evaluate.evaluator import check_labels
 from aetune.models import Autoencoder, create_autoencoder
+from aetune.models.checkpoint import load_autoencoder_checkpoint
 from aetune.models.loading import load_weights
 from aetune.setup.hub import resolve_weight
-from aetune.train.artifacts import load_autoencoder_checkpoint
 from aetune.train.plan import RunState
 
 log = logging.getLogger(__name__)
 
 PRETRAINED = "pretrained"
 """The ``--checkpoint`` value naming the released model."""
-
-RELEASED_WEIGHTS = {"vavae": "vavae"}
-"""Family -> the weights-registry entry of its released model (a family with one adds itself here)."""
 
 
 def find_checkpoint(arg: str | None, work_dir: Path) -> Path:
@@ -62,12 +59,14 @@ def load_released(work_dir: Path, cfg: Config, prepared: PreparedData) -> tuple[
             fit the architecture.
     """
     family = cfg.model.family
-    if family not in RELEASED_WEIGHTS:
+    released = family_schema(family).released
+    if not released:
+        with_release = [f for f in schema_families() if family_schema(f).released]
         raise AetuneError(
-            f"family '{family}' has no released model registered (only {', '.join(RELEASED_WEIGHTS)}): "
+            f"family '{family}' has no released model registered (only {', '.join(with_release)}): "
             "pass a trained --checkpoint"
         )
-    path = resolve_weight(work_dir, RELEASED_WEIGHTS[family])
+    path = resolve_weight(work_dir, released[0])
     model = create_autoencoder(family, **cfg.model.args)
     log.info("%s", load_weights(model, path).summary())
     meta = {

@@ -403,3 +403,16 @@ def write_latent_statistics(folder: Path, model: Any, encoded: Any, meta: dict[s
     if hasattr(model, "per_position_stats"):  # RAE: the reference's per-(C, H, W) stat.pt for its DiT
         written.append(atomic_torch_save(model.per_position_stats(encoded.latents), folder / "stat.pt"))
     return written
+
+
+def log_written(out: Path, staged: Path, written: list[Path], kept: list[str], notes: list[str]) -> None:
+    """Step 5's closing lines: each file written (under ``out``, where the staged set ``staged`` lands), the
+    files kept from earlier runs, then the notes (tables, the DiT snippet)."""
+    names = [path.relative_to(staged).as_posix() for path in written]
+    for name in names:
+        log.info("wrote %s", out / name)
+    kept = [k for k in kept if k not in names]
+    if kept:
+        log.info("kept from earlier runs (parts not asked for now): %s", ", ".join(kept))
+    for note in notes:
+        log.info("\n%s", note)

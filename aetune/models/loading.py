@@ -137,6 +137,20 @@ def register_loader(family: str, loader: Callable[..., LoadReport]) -> None:
     _LOADERS[family] = loader
 
 
+_LIGHTNINGDIT_WRITERS: dict[str, Callable[[Autoencoder], dict[str, Tensor]]] = {}
+
+
+def register_lightningdit_writer(family: str, writer: Callable[[Autoencoder], dict[str, Tensor]]) -> None:
+    """Register ``writer(model) -> state dict``: ``family`` in LightningDiT's tokenizer layout (step 5)."""
+    _LIGHTNINGDIT_WRITERS[family] = writer
+
+
+def lightningdit_writer(family: str) -> Callable[[Autoencoder], dict[str, Tensor]] | None:
+    """The family's LightningDiT-layout writer, or None when LightningDiT's code cannot load the family."""
+    import_registered(family)
+    return _LIGHTNINGDIT_WRITERS.get(family)
+
+
 def load_weights(model: Autoencoder, *sources: str | Path | Mapping[str, Tensor], **options: Any) -> LoadReport:
     """Load any released layout the model's family reads (files or state dicts), strictly.
 

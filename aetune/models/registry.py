@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aetune.config import import_registered
@@ -98,6 +99,24 @@ def create_autoencoder(name: str, **overrides: Any) -> Autoencoder:
         if key not in valid:
             raise ModelConfigError(f"unknown option '{key}' for autoencoder family '{name}'" + _suggest(key, valid))
     return family.model_cls(family.config_cls(**overrides))
+
+
+Export = Callable[[Path, Autoencoder, dict[str, Any], int, Any], list[Path]]
+"""(results folder, model, its checkpoint metadata, image size, device) -> files written."""
+_EXPORTS: dict[str, list[Export]] = {}
+
+
+def register_export(family: str, export: Export) -> None:
+    """Register a file ``family`` writes beside the DiT encoder export in step 5 (``--export``)."""
+    known = _EXPORTS.setdefault(family, [])
+    if export not in known:
+        known.append(export)
+
+
+def family_exports(family: str) -> list[Export]:
+    """The extra step 5 exports registered for ``family`` (each decides from the metadata whether it applies)."""
+    import_registered(family)
+    return list(_EXPORTS.get(family, []))
 
 
 def _suggest(key: str, valid: list[str]) -> str:

@@ -1,1 +1,1 @@
-"""Steps 1 and 2: the environment check, the weights registry, downloads (hub) and the disk budget."""
+"""Steps 1 and 2: the environment check, the weights registry and downloads (hub)."""

@@ -25,7 +25,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from aetune.config import DataConfig
+from aetune.config import DataConfig, schema_families
 from aetune.errors import AetuneError
 from aetune.paths import KAGGLE_WORKING
 
@@ -35,8 +35,6 @@ KAGGLE_QUOTA_GB = 20.0
 """Kaggle keeps at most 20 GB of /kaggle/working; the disk under it reports far more free space."""
 MIN_FREE_DISK_GB = 10.0
 """VA-VAE weights (~4 GB, step 2) plus a stage's checkpoints (~1.6 GB) and room; ``--config`` projects it exactly."""
-BUILTIN_FAMILIES = ("kl", "vavae")
-"""Families whose packages requirements.txt covers; the others have ``requirements/<family>.txt``."""
 PROTECTED = frozenset({"torch", "torchvision"})
 """Never installed or upgraded: Kaggle and Colab ship them built for their CUDA driver."""
 REPORTED_PACKAGES = (
@@ -393,8 +391,8 @@ def family_requirements(family: str, folder: Path) -> Path | None:
     """``<folder>/<family>.txt``, the extra packages of ``family``; None when requirements.txt covers it.
 
     Any ``<folder>/<name>.txt`` is accepted, so an extra that is not a family (``hf``: Hugging Face
-    datasets) installs the same way. The names come from the files (and :data:`BUILTIN_FAMILIES`), not
-    from the model registry, so step 1 can answer before torch is installed.
+    datasets) installs the same way. The names come from the files and the families' registered config
+    sections (torch-free), so step 1 can answer before torch is installed.
 
     Raises:
         AetuneError: an unknown family, listing the valid ones.
@@ -402,13 +400,14 @@ def family_requirements(family: str, folder: Path) -> Path | None:
     extras = {p.stem: p for p in Path(folder).glob("*.txt")} if Path(folder).is_dir() else {}
     if family in extras:
         return extras[family]
-    if family in BUILTIN_FAMILIES:
+    families = schema_families()
+    if family in families:
         return None
-    valid = sorted({*BUILTIN_FAMILIES, *extras})
+    valid = sorted({*families, *extras})
     close = difflib.get_close_matches(family, valid, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise AetuneError(
-        f"unknown family '{family}'{hint}: valid names (requirements/<name>.txt, and {' '.join(BUILTIN_FAMILIES)}) "
+        f"unknown family '{family}'{hint}: valid names (the families, and requirements/<name>.txt extras) "
         f"are {', '.join(valid)}"
     )
 

@@ -26,7 +26,7 @@ from aetune.config import Config
 from aetune.errors import AetuneError, InvalidArgument
 from aetune.io import atomic_path, atomic_write_json, read_json
 from aetune.safe_load import CheckpointError, sniff
-from aetune.setup.weights_registry import REGISTRY, TEACHER_WEIGHTS, TORCH_HUB, WeightSpec
+from aetune.setup.weights_registry import REGISTRY, TORCH_HUB, WeightSpec, teacher_weight
 
 log = logging.getLogger(__name__)
 
@@ -452,8 +452,9 @@ def attach_recorded_weights(cfg: Config, work_dir: Path) -> None:
     an empty cache). Weights step 2 never recorded are left to the loaders' own errors.
     """
     teacher = cfg.sections.get("teacher")
-    if teacher is not None and teacher.pretrained and teacher.weights_path is None and teacher.name in TEACHER_WEIGHTS:
-        path = recorded_weight(work_dir, TEACHER_WEIGHTS[teacher.name])
+    weight = teacher_weight(teacher.name) if teacher is not None else None
+    if teacher is not None and teacher.pretrained and teacher.weights_path is None and weight is not None:
+        path = recorded_weight(work_dir, weight)
         if path is not None:
             teacher.weights_path = str(path)
             log.info("teacher weights: %s (from step 2)", path)

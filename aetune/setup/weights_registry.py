@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aetune.config import Config
+from aetune.config import Config, family_schema
 
 MODELS = "models"
 """Lands in the models folder (default ``<work_dir>/models``); loaders find it through the manifest."""
@@ -36,6 +36,7 @@ class WeightSpec:
     target: str = MODELS
     patterns: tuple[str, ...] = ()  # more relative-path globs that identify the file in --weights_dir
     default: bool = True  # fetched by a plain step 2; others only with --only NAME
+    timm_name: str | None = None  # the timm model these are the weights of (a frozen teacher found by its name)
 
     @property
     def source(self) -> str:
@@ -43,44 +44,12 @@ class WeightSpec:
         return f"hf://{self.repo_id}/{self.repo_file}" if self.repo_id else str(self.url)
 
 
-def _hf_patterns(repo_name: str, repo_file: str) -> tuple[str, ...]:
+def hf_patterns(repo_name: str, repo_file: str) -> tuple[str, ...]:
     """Globs finding ``repo_file`` of a Hugging Face repo in an attached folder: plain, or a copied HF cache."""
     return f"*{repo_name}*/{repo_file}", f"*{repo_name}*/snapshots/*/{repo_file}"
 
 
-REGISTRY: tuple[WeightSpec, ...] = (
-    WeightSpec(
-        name="vavae",
-        filename="vavae-imagenet256-f16d32-dinov2.pt",
-        description="VA-VAE f16d32 (LightningDiT tokenizer, DINOv2-aligned): the autoencoder we fine-tune",
-        licence="MIT per the LightningDiT repository (not verified on the model card)",
-        approx_gb=2.15,
-        repo_id="hustvl/vavae-imagenet256-f16d32-dinov2",
-        repo_file="vavae-imagenet256-f16d32-dinov2.pt",
-        revision="main",
-    ),
-    WeightSpec(
-        name="vavae_latents_stats",
-        filename="vavae-imagenet256-f16d32-dinov2.latents_stats.pt",
-        description="channel mean/std of the released VA-VAE latents on ImageNet (LightningDiT's DiT input)",
-        licence="MIT per the LightningDiT repository (not verified on the model card)",
-        approx_gb=0.0001,
-        repo_id="hustvl/vavae-imagenet256-f16d32-dinov2",
-        repo_file="latents_stats.pt",
-        revision="main",
-        patterns=_hf_patterns("vavae-imagenet256-f16d32-dinov2", "latents_stats.pt"),
-    ),
-    WeightSpec(
-        name="dinov2_vitl14",
-        filename="vit_large_patch14_dinov2.lvd142m.safetensors",
-        description="DINOv2 ViT-L/14 (timm vit_large_patch14_dinov2.lvd142m): the frozen alignment teacher",
-        licence="Apache-2.0 (DINOv2)",
-        approx_gb=1.22,
-        repo_id="timm/vit_large_patch14_dinov2.lvd142m",
-        repo_file="model.safetensors",
-        revision="main",
-        patterns=_hf_patterns("vit_large_patch14_dinov2.lvd142m", "model.safetensors"),
-    ),
+REGISTRY: list[WeightSpec] = [
     WeightSpec(
         name="lpips_vgg16",
         filename="vgg16-397923af.pth",
@@ -115,140 +84,44 @@ REGISTRY: tuple[WeightSpec, ...] = (
         sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
         target=TORCH_HUB,
     ),
-    WeightSpec(
-        name="lpips_squeeze",
-        filename="squeezenet1_1-b8a52dc0.pth",
-        description="torchvision SqueezeNet 1.1 ImageNet weights: the trunk of kl3d's fake-3-D perceptual loss "
-        "(MONAI PerceptualLoss, LPIPS-squeeze; the linear layers ship in lpips)",
-        licence="BSD-3-Clause (torchvision)",
-        approx_gb=0.0047,  # torchvision's recorded file size, 4.729 MB
-        url="https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
-        target=TORCH_HUB,
-        default=False,
-    ),
-    WeightSpec(
-        name="taesd_encoder",
-        filename="taesd_encoder.pth",
-        description="TAESD encoder (SD 1.x/2.x latents, f8, 4 channels): --family taesd start weights, "
-        "with taesd_decoder (aetune.families.tiny.loading)",
-        licence="MIT (madebyollin/taesd)",
-        approx_gb=0.0049,  # 1.22 M float32 parameters
-        url="https://github.com/madebyollin/taesd/raw/main/taesd_encoder.pth",
-        default=False,
-    ),
-    WeightSpec(
-        name="taesd_decoder",
-        filename="taesd_decoder.pth",
-        description="TAESD decoder (SD 1.x/2.x latents, f8, 4 channels): a released tiny decoder to start from",
-        licence="MIT (madebyollin/taesd)",
-        approx_gb=0.0049,  # 1.22 M float32 parameters
-        url="https://github.com/madebyollin/taesd/raw/main/taesd_decoder.pth",
-        default=False,
-    ),
-    WeightSpec(
-        name="taehv",
-        filename="taehv.pth",
-        description="TAEHV (HunyuanVideo latents, f8, 16 channels, time x4): --family taehv start weights",
-        licence="MIT, as madebyollin/taesd (taehv's LICENSE file not verified here)",
-        approx_gb=0.0227,  # 11.3 M parameters in float16
-        url="https://github.com/madebyollin/taehv/raw/main/taehv.pth",
-        default=False,
-    ),
-    WeightSpec(
-        name="rae_decoder_dinov2_xl",
-        filename="rae-dinov2-wreg-base-vitxl-n08-decoder.pt",
-        description="RAE ViT-XL decoder for DINOv2-reg-B tokens, noise tau 0.8 (the reference's model.pt): "
-        "--family rae start weights",
-        licence="see the nyu-visionx/RAE-collections model card (not verified here)",
-        approx_gb=1.66,  # 415 M float32 parameters
-        repo_id="nyu-visionx/RAE-collections",
-        repo_file="decoders/dinov2/wReg_base/ViTXL_n08/model.pt",
-        revision="main",
-        patterns=_hf_patterns("RAE-collections", "decoders/dinov2/wReg_base/ViTXL_n08/model.pt"),
-        default=False,
-    ),
-    WeightSpec(
-        name="rae_diffusers_dinov2_xl",
-        filename="rae-dinov2-wreg-base-vitxl-n08.diffusers.safetensors",
-        description="RAE DINOv2-reg-B + ViT-XL decoder in diffusers' AutoencoderRAE layout (encoder included): "
-        "an alternative --family rae source",
-        licence="see the nyu-visionx/RAE-dinov2-wReg-base-ViTXL-n08 model card (not verified here)",
-        approx_gb=2.0,
-        repo_id="nyu-visionx/RAE-dinov2-wReg-base-ViTXL-n08",
-        repo_file="diffusion_pytorch_model.safetensors",
-        revision="main",
-        patterns=_hf_patterns("RAE-dinov2-wReg-base-ViTXL-n08", "diffusion_pytorch_model.safetensors"),
-        default=False,
-    ),
-    WeightSpec(
-        name="rae_encoder_dinov2_reg_b",
-        filename="dinov2-with-registers-base.safetensors",
-        description="DINOv2-B/14 with 4 registers (transformers): the frozen encoder of --family rae (default)",
-        licence="Apache-2.0 (DINOv2)",
-        approx_gb=0.35,
-        repo_id="facebook/dinov2-with-registers-base",
-        repo_file="model.safetensors",
-        revision="main",
-        patterns=_hf_patterns("dinov2-with-registers-base", "model.safetensors"),
-        default=False,
-    ),
-    WeightSpec(
-        name="rae_encoder_siglip2_b16_256",
-        filename="siglip2-base-patch16-256.safetensors",
-        description="SigLIP2-B/16 at 256 px (vision and text towers; RAE uses the vision tower): "
-        "--family rae encoder siglip2-b16-256",
-        licence="Apache-2.0 (SigLIP2 model card)",
-        approx_gb=1.5,
-        repo_id="google/siglip2-base-patch16-256",
-        repo_file="model.safetensors",
-        revision="main",
-        patterns=_hf_patterns("siglip2-base-patch16-256", "model.safetensors"),
-        default=False,
-    ),
-    WeightSpec(
-        name="rae_encoder_mae_b16",
-        filename="vit-mae-base.pytorch_model.bin",
-        description="MAE ViT-B/16 (transformers ViTMAEForPreTraining; RAE uses its encoder): "
-        "--family rae encoder mae-b16",
-        licence="Apache-2.0 per the facebook/vit-mae-base model card (MAE code: CC BY-NC 4.0)",
-        approx_gb=0.45,
-        repo_id="facebook/vit-mae-base",
-        repo_file="pytorch_model.bin",
-        revision="main",
-        patterns=_hf_patterns("vit-mae-base", "pytorch_model.bin"),
-        default=False,
-    ),
-    WeightSpec(
-        name="rae_disc_dino_vits8",
-        filename="vit_small_patch8_224.dino.safetensors",
-        description="DINO ViT-S/8 (timm vit_small_patch8_224.dino): the frozen backbone of the RAE discriminator",
-        licence="Apache-2.0 (DINO)",
-        approx_gb=0.087,
-        repo_id="timm/vit_small_patch8_224.dino",
-        repo_file="model.safetensors",
-        revision="main",
-        patterns=_hf_patterns("vit_small_patch8_224.dino", "model.safetensors"),
-        default=False,
-    ),
-)
+]
+"""Every weight a step may fetch: the shared ones here, each family's appended by its ``weights.py``
+(:func:`register_weights`) when ``aetune`` is imported."""
 
-TEACHER_WEIGHTS = {"vit_large_patch14_dinov2.lvd142m": "dinov2_vitl14"}
-"""timm teacher name -> registry entry holding its weights."""
+
+def register_weights(*specs: WeightSpec) -> None:
+    """Append a family's weight files to :data:`REGISTRY` (re-registering the same spec is a no-op).
+
+    Raises:
+        ValueError: a name or file name another spec already uses.
+    """
+    for spec in specs:
+        if spec in REGISTRY:
+            continue
+        clash = [s.name for s in REGISTRY if s.name == spec.name or s.filename == spec.filename]
+        if clash:
+            raise ValueError(f"weight {spec.name} ({spec.filename}) clashes with the registered {clash[0]}")
+        REGISTRY.append(spec)
+
+
+def teacher_weight(timm_name: str) -> str | None:
+    """The registry entry holding the weights of the timm model ``timm_name`` (a frozen teacher), or None."""
+    return next((s.name for s in REGISTRY if s.timm_name == timm_name), None)
 
 
 def weights_for_config(cfg: Config) -> list[str]:
     """Registry names a run with ``cfg`` needs (``step2 --config``): none for the random-weight demo.
 
-    A pretrained teacher means a real fine-tune: the released VA-VAE (for the ``vavae`` family) and
-    its latent statistics. A pretrained LPIPS means trustworthy quality metrics: LPIPS-VGG for the
-    loss and the report, and the FID Inception for step 5's rFID.
+    A pretrained teacher means a real fine-tune: the family's released model (``released`` in its schema, e.g.
+    the VA-VAE and its latent statistics) and the teacher's weights. A pretrained LPIPS means trustworthy
+    quality metrics: LPIPS-VGG for the loss and the report, and the FID Inception for step 5's rFID.
     """
     names = []
     teacher = cfg.sections.get("teacher")
-    if teacher is not None and teacher.pretrained and cfg.model.family == "vavae":
-        names += ["vavae", "vavae_latents_stats"]
-        if teacher.name in TEACHER_WEIGHTS and teacher.weights_path is None:
-            names.append(TEACHER_WEIGHTS[teacher.name])
+    if teacher is not None and teacher.pretrained:
+        names += family_schema(cfg.model.family).released
+        if teacher.weights_path is None and (weight := teacher_weight(teacher.name)) is not None:
+            names.append(weight)
     if getattr(cfg.loss, "lpips_pretrained", False):
         names += ["lpips_vgg16", "fid_inception"]
     return names

@@ -1,33 +1,15 @@
-"""Step 4's model files: reading stage checkpoints, writing ``<family>_<dataset>_final.pt``, loading either.
+"""Step 4's model files: writing ``<family>_<dataset>_final.pt`` and slimming finished stage checkpoints.
 
-``*_final.pt`` (format ``aetune.autoencoder/1``) holds tensors and plain Python only, so it loads with
-``torch.load(path, weights_only=True)``::
-
-    {"format": "aetune.autoencoder/1", "family": str, "model_config": dict (create_autoencoder kwargs),
-     "state_dict": autoencoder weights (incl. linear_proj for vavae), "discriminator_state_dict": ...,
-     "config": Config.to_dict(), "labels": {user: label}, "dataset": str, "stage": str,
-     "random_teacher": bool, "lpips": bool}
-
-A stage checkpoint (``last.ckpt``, ``best-*.ckpt``) is a Lightning checkpoint whose ``state_dict`` has
-``autoencoder.*`` and ``discriminator.*`` keys and whose ``aetune`` entry holds the same metadata.
+The formats, and reading them, are :mod:`aetune.models.checkpoint` (families and step 5 read model files too).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from torch import Tensor
-
-from aetune.errors import AetuneError
 from aetune.io import atomic_torch_save
-from aetune.models import Autoencoder, create_autoencoder
-from aetune.safe_load import load_torch_file
+from aetune.models.checkpoint import FINAL_FORMAT, META_KEYS, read_checkpoint, split_stage_checkpoint
 from aetune.train.plan import checkpoints_dir
-
-FINAL_FORMAT = "aetune.autoencoder/1"
-META_KEYS = ("family", "model_config", "config", "labels", "dataset", "stage", "random_teacher", "lpips")
-"""Metadata every model file carries (``load_autoencoder_checkpoint`` returns it)."""
 
 
 def final_model_path(work_dir: str | Path, family: str, dataset: str, task: str = "reconstruction") -> Path:
@@ -35,19 +17,6 @@ def final_model_path(work_dir: str | Path, family: str, dataset: str, task: str 
     reconstruction is named too (``kl_restoration_pairs_final.pt``)."""
     run = family if task == "reconstruction" else f"{family}_{task}"
     return checkpoints_dir(work_dir) / f"{run}_{dataset}_final.pt"
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint without running pickled code (``aetune.safe_load``), errors as one line naming it.
-
-    Raises:
-        AetuneError: missing, empty, truncated, text or corrupt file, or one that needs pickle.
-    """
-    p = Path(path)
-    obj = load_torch_file(p, fix="not a readable checkpoint, use another one")
-    if not isinstance(obj, dict):
-        raise AetuneError(f"{p} holds a {type(obj).__name__}, not an aetune checkpoint")
-    return obj
 
 
 TRAINING_STATE_KEYS = ("optimizer_states", "lr_schedulers", "loops")
@@ -72,69 +41,8 @@ def strip_training_state(path: str | Path) -> int:
     return max(0, before - p.stat().st_size)
 
 
-def split_stage_checkpoint(ckpt: dict[str, Any], source: str) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
-    """A Lightning stage checkpoint -> (autoencoder state dict, discriminator state dict, metadata)."""
-    if "aetune" not in ckpt or "state_dict" not in ckpt:
-        raise AetuneError(
-            f"{source} is not an aetune checkpoint (no 'aetune' metadata); released weights go to --pretrained_path"
-        )
-    state = ckpt["state_dict"]
-    # With EMA on, the averaged weights are the model (validated, chosen as best, exported) once they hold an
-    # update; before that (a stage shorter than train.ema.start_batch) the live weights are.
-    averaged = "ema.n_averaged" in state and int(state["ema.n_averaged"]) > 0
-    prefix = "ema.module." if averaged else "autoencoder."
-    ae = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-    d = {k.removeprefix("discriminator."): v for k, v in state.items() if k.startswith("discriminator.")}
-    return ae, d, ckpt["aetune"]
-
-
 def write_final_model(stage_checkpoint: str | Path, out: str | Path) -> Path:
     """Write the final model file (format in the module docstring) from a stage checkpoint, atomically."""
     ae, d, meta = split_stage_checkpoint(read_checkpoint(stage_checkpoint), str(stage_checkpoint))
     final = {"format": FINAL_FORMAT, **{k: meta[k] for k in META_KEYS}, "state_dict": ae, "discriminator_state_dict": d}
     return atomic_torch_save(final, out)
-
-
-def _checked_load(model: Autoencoder, state: dict[str, Tensor], source: str) -> None:
-    """Strict load with a one-line error naming the first mismatching key."""
-    ours = model.state_dict()
-    missing = [k for k in ours if k not in state]
-    extra = [k for k in state if k not in ours]
-    wrong = [k for k in ours if k in state and state[k].shape != ours[k].shape]
-    if missing or extra or wrong:
-        first = (missing or extra or wrong)[0]
-        raise AetuneError(
-            f"{source} does not fit a {model.family} model with its own config: {len(missing)} missing, {len(extra)} "
-            f"unexpected, {len(wrong)} mis-shaped tensors (first: {first}); the file is corrupt or was edited"
-        )
-    model.load_state_dict(state, strict=True)
-
-
-def load_autoencoder_checkpoint(path: str | Path, family: str | None = None) -> tuple[Autoencoder, dict[str, Any]]:
-    """Rebuild the autoencoder from a stage checkpoint (``last.ckpt``, ``best-*.ckpt``) or a ``*_final.pt``.
-
-    Args:
-        path: the file.
-        family: the family expected (None: any).
-
-    Returns:
-        (autoencoder in eval mode on CPU, metadata: ``family``, ``model_config``, ``config`` (a
-        ``Config.to_dict()``), ``labels``, ``dataset``, ``stage``, ``random_teacher``, ``lpips``, and
-        ``kind`` = ``final`` or ``stage``, plus ``batches_seen`` for stage checkpoints).
-
-    Raises:
-        AetuneError: one line: unreadable file, not an aetune file, another family, weights that do not fit.
-    """
-    obj = read_checkpoint(path)
-    if "format" in obj:
-        if obj["format"] != FINAL_FORMAT:
-            raise AetuneError(f"{path} has format {obj['format']!r}; this aetune reads {FINAL_FORMAT!r}")
-        state, meta = obj["state_dict"], {k: obj[k] for k in META_KEYS} | {"kind": "final"}
-    else:
-        state, _, full = split_stage_checkpoint(obj, str(path))
-        meta = {k: full[k] for k in META_KEYS} | {"kind": "stage", "batches_seen": full["batches_seen"]}
-    if family is not None and meta["family"] != family:
-        raise AetuneError(f"{path} holds a '{meta['family']}' autoencoder, not '{family}': pick the {family} file")
-    model = create_autoencoder(meta["family"], **meta["model_config"])
-    _checked_load(model, state, str(path))
-    return model.eval(), meta

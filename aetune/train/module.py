@@ -413,7 +413,7 @@ class AutoencoderModule(pl.LightningModule):
         return self.batches_seen >= self.total_batches or self.early_stopped
 
     def metadata(self) -> dict[str, Any]:
-        """What a checkpoint says about itself (read by ``artifacts.load_autoencoder_checkpoint``)."""
+        """What a checkpoint says about itself (read by ``aetune.models.checkpoint.load_autoencoder_checkpoint``)."""
         return {
             **self.meta,
             "family": self.cfg.model.family,

@@ -32,7 +32,6 @@ from aetune.errors import AetuneError
 from aetune.io import atomic_write_text
 from aetune.paths import KAGGLE_WORKING
 from aetune.recipes import get_recipe
-from aetune.setup.disk_budget import project_config
 from aetune.setup.env import KAGGLE_QUOTA_GB, disk_facts
 from aetune.setup.hub import recorded_weight
 from aetune.train.amp import WindowMixedPrecision, scaler_state
@@ -51,6 +50,7 @@ from aetune.train.callbacks import (
     StageLength,
     ValidationRecorder,
 )
+from aetune.train.disk_budget import project_config
 from aetune.train.experiments import EXPERIMENTS_FILE, append_experiment, data_fingerprint, experiment_record
 from aetune.train.health import HealthGate, loss_weights
 from aetune.train.launch import rank_zero_first

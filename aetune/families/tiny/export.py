@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from aetune.config import config_from_dict
 from aetune.io import atomic_torch_save, atomic_write_json
 from aetune.models import Autoencoder, create_autoencoder
+from aetune.models.registry import register_export
 
 PREVIEW_FORMAT = "aetune.preview_decoder/1"
 SPEED_FILE = "decoder_speed.json"
@@ -115,3 +116,14 @@ def load_preview_decoder(path: str | Path, device: str | torch.device = "cpu") -
     model = create_autoencoder(obj["family"], **obj["model_config"])
     model.decoder.load_state_dict({k.removeprefix("decoder."): v for k, v in obj["decoder_state_dict"].items()})
     return PreviewDecoder(model, obj["latent_shift"], obj["latent_scale"]).to(device)
+
+
+def export_if_distilled(
+    out: Path, model: Autoencoder, meta: dict[str, Any], image_size: int, device: torch.device
+) -> list[Path]:
+    """Step 5's extra export for tiny models: the preview decoder, when the model was distilled from a teacher."""
+    return export_preview_decoder(out, model, meta, image_size, device) if has_teacher(meta) else []
+
+
+for _family in ("taesd", "taehv"):
+    register_export(_family, export_if_distilled)

@@ -33,6 +33,7 @@ from aetune.families.tiny.loading import load_tiny_weights
 from aetune.families.tiny.losses import latent_distill_loss, pixel_loss
 from aetune.losses import build_lpips, discriminator_objective, generator_loss
 from aetune.models import Autoencoder, create_autoencoder
+from aetune.models.checkpoint import load_autoencoder_checkpoint
 from aetune.nn.patchgan import NLayerDiscriminator
 from aetune.recipes import register_recipe
 from aetune.recipes.base import Networks, PhaseResult, Recipe, StepContext, frozen
@@ -85,9 +86,6 @@ def load_teacher(cfg: Config) -> TeacherLatents | None:
     t = cfg.distill
     if t.teacher is None:
         return None
-    # Reading a model file is step 4's format (aetune.train.artifacts); imported here, when a teacher is asked for.
-    from aetune.train.artifacts import load_autoencoder_checkpoint
-
     model, meta = load_autoencoder_checkpoint(Path(t.teacher).expanduser())
     c = model.latent_channels
     if t.latent_stats is not None:

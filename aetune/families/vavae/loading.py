@@ -28,6 +28,7 @@ from aetune.models.loading import (
     describe_checkpoint,
     describe_model,
     read_state_dict,
+    register_lightningdit_writer,
     register_loader,
 )
 from aetune.nn.patchgan import NLayerDiscriminator
@@ -126,5 +127,6 @@ def lightningdit_state_dict(model: Autoencoder, discriminator: NLayerDiscriminat
     return state
 
 
-register_loader("kl", load_lightningdit_weights)
-register_loader("vavae", load_lightningdit_weights)
+for _family in ("kl", "vavae"):
+    register_loader(_family, load_lightningdit_weights)
+    register_lightningdit_writer(_family, lightningdit_state_dict)

@@ -45,9 +45,13 @@ class VAVAELossConfig(KLLossConfig):
 
 _TINY_MODEL = {"ch": 32, "ch_mult": [1, 1, 2], "num_res_blocks": 1, "attn_resolutions": [8], "resolution": 32}
 _TINY_LOSS = {"perceptual_weight": 0.0, "lpips_pretrained": False, "disc_start": 0}
+# Full-size parameter counts: encoder 28,413,248 + decoder 41,417,603 + quant_conv 4,160 + post_quant_conv 1,056
+# (+ linear_proj 32,768 for vavae); PatchGAN (ndf 64, 3 layers) 2,765,633. The encoder and decoder counts match
+# shared/fixtures/vavae_f16d32_keys.json, i.e. the released checkpoint; tests/test_disk_budget.py checks them.
 register_schema(
     "kl",
     "kl",
+    full_size=(69_836_067, 2_765_633),
     tiny={"model": {"args": _TINY_MODEL}, "discriminator": {"ndf": 8, "n_layers": 2}, "loss": _TINY_LOSS},
     loss=KLLossConfig,
     discriminator=DiscriminatorConfig,
@@ -55,6 +59,8 @@ register_schema(
 register_schema(
     "vavae",
     "vavae",
+    released=("vavae", "vavae_latents_stats"),
+    full_size=(69_868_835, 2_765_633),
     tiny={
         "model": {"args": {**_TINY_MODEL, "align_dim": 64}},
         "teacher": {"name": "test_vit", "pretrained": False},

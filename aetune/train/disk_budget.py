@@ -13,7 +13,7 @@ number), from what step 4 writes (``aetune.train.runner``):
 - plus the weights in ``models/`` (step 2) and the decoded-image cache (``data.cache: file``).
 
 Frozen networks (teacher, LPIPS) are never checkpointed. Everything here is pure arithmetic; only
-:func:`model_size` looks at a model, and it works without torch (from :data:`FULL_SIZE`).
+:func:`model_size` looks at a model, and it works without torch (from the family's registered ``full_size``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aetune.config import Config
+from aetune.config import Config, family_schema
 from aetune.errors import AetuneError
 from aetune.setup.env import GIB
 from aetune.setup.weights_registry import REGISTRY, weights_for_config
@@ -61,18 +61,6 @@ class ModelSize:
         """``last.ckpt``: the weights plus both optimizers' Adam moments."""
         trained = (self.autoencoder if self.trainable is None else self.trainable) + self.discriminator
         return self.weights_bytes + ADAM_MOMENTS * BYTES_PER_NUMBER * trained
-
-
-FULL_SIZE: dict[str, ModelSize] = {
-    # encoder 28,413,248 + decoder 41,417,603 + quant_conv 4,160 + post_quant_conv 1,056 + linear_proj 32,768;
-    # PatchGAN (ndf 64, 3 layers) 2,765,633. Counted from create_autoencoder("vavae") and NLayerDiscriminator()
-    # on the meta device (tests/test_disk_budget.py checks the table against them); the encoder and decoder
-    # counts match shared/fixtures/vavae_f16d32_keys.json, i.e. the released checkpoint.
-    "vavae": ModelSize(autoencoder=69_868_835, discriminator=2_765_633),
-    "kl": ModelSize(autoencoder=69_836_067, discriminator=2_765_633),  # the same without linear_proj
-}
-"""Full-size parameter counts per family at its default options, for step 1 without torch. Append a
-family's entry next to its registration (its test then checks it)."""
 
 
 @dataclass(frozen=True)
@@ -246,11 +234,18 @@ def model_size(cfg: Config) -> ModelSize:
     if importlib.util.find_spec("torch") is not None:
         return _counted(cfg)
     family, disc = cfg.model.family, cfg.sections.get("discriminator")
-    if family not in FULL_SIZE or cfg.model.args or (disc is not None and disc != type(disc)()):
+    full = full_size(family)
+    if full is None or cfg.model.args or (disc is not None and disc != type(disc)()):
         raise AetuneError(
             f"cannot size the '{family}' model with these options without torch: install torch first (step 1 says how)"
         )
-    return FULL_SIZE[family]
+    return full
+
+
+def full_size(family: str) -> ModelSize | None:
+    """The family's full-size parameter counts at its default options (``full_size`` in its schema), if given."""
+    counts = family_schema(family).full_size
+    return None if counts is None else ModelSize(autoencoder=counts[0], discriminator=counts[1])
 
 
 def _counted(cfg: Config) -> ModelSize:
