@@ -131,3 +131,11 @@ def test_bad_inputs_name_the_shapes(model: TAEHV) -> None:
         model.encode(torch.zeros(1, 4, 3, 36, 32))
     with pytest.raises(ValueError, match=r"decodes latents \(B, n, 4, h, w\)"):
         model.decode(torch.zeros(1, 2, 5, 4, 4))
+
+
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_new_decoders_start_grey(patch_size: int) -> None:
+    """The last decoder bias starts at 0.5, as TAESD's and the TAEHV training notebook's: 0 in [-1, 1]."""
+    model = create_autoencoder("taehv", **{**get_family("taehv").tiny, "patch_size": patch_size})
+    assert model.decoder[-1].bias.shape == (3 * patch_size**2,)
+    assert torch.all(model.decoder[-1].bias == 0.5)

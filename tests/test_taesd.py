@@ -129,6 +129,39 @@ def test_loading_is_strict_and_names_the_problem() -> None:
     torch.testing.assert_close(model.decoder[1].weight, dec["1.weight"])
 
 
+def with_midblock_gn(shapes: dict, blocks: range, width: int = W) -> dict:
+    """``shapes`` plus taef2's GroupNorm branch in ``blocks``, from madebyollin/taesd's ``Block(use_midblock_gn)``:
+    ``pool`` = 1x1 conv (w -> 4w, no bias), GroupNorm(4, 4w), ReLU, 1x1 conv (4w -> w, no bias)."""
+    wide = 4 * width
+    pool = {"pool.0.weight": (wide, width, 1, 1), "pool.1.weight": (wide,), "pool.1.bias": (wide,)}
+    pool["pool.3.weight"] = (width, wide, 1, 1)
+    return shapes | {f"{b}.{k}": s for b in blocks for k, s in pool.items()}
+
+
+def test_flux2_taef2_layout_loads_strictly_and_runs(tmp_path: Path) -> None:
+    enc_shapes, dec_shapes = released_shapes(latent_channels=32, width=W)
+    enc = random_state(with_midblock_gn(enc_shapes, range(11, 14)), 1)  # taef2_encoder.pth: blocks 11-13
+    dec = random_state(with_midblock_gn(dec_shapes, range(3, 6)), 2)  # taef2_decoder.pth: blocks 3-5
+    torch.save(enc, tmp_path / "taef2_encoder.pth")
+    torch.save(dec, tmp_path / "taef2_decoder.pth")
+    model = create_autoencoder("taesd", width=W, latent_channels=32, midblock_gn=True).eval()
+    report = load_tiny_weights(model, tmp_path / "taef2_encoder.pth", tmp_path / "taef2_decoder.pth")
+    assert (report.missing, report.unexpected, report.loaded) == ([], [], len(enc) + len(dec))
+    torch.testing.assert_close(model.encoder[12].pool[3].weight, enc["12.pool.3.weight"])
+    x = images()
+    with torch.no_grad():
+        z = model.encode(x).latents
+        y = model.decode(z).sample
+    assert z.shape == (2, 32, 4, 4) and y.shape == x.shape and torch.isfinite(y).all()
+    # The branch changes the block: the same weights without it give other latents.
+    block, h = model.encoder[11], torch.randn(1, W, 4, 4)
+    with torch.no_grad():
+        assert not torch.allclose(block(h), block.fuse(block.conv(h) + block.skip(h)))
+    plain = create_autoencoder("taesd", width=W, latent_channels=32)
+    with pytest.raises(CheckpointError, match="midblock_gn=True"):
+        load_tiny_weights(plain, tmp_path / "taef2_encoder.pth", tmp_path / "taef2_decoder.pth")
+
+
 def test_default_model_is_the_released_size_and_its_own_files_reload(tmp_path: Path) -> None:
     model = create_autoencoder("taesd")
     assert (model.latent_channels, model.downsample_factor) == (4, 8)

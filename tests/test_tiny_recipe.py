@@ -45,6 +45,7 @@ def test_distillation_objective_matches_a_hand_computation(tmp_path: Path) -> No
         "loss.rec_kind=l1",
         f"distill.teacher={path}",
         f"distill.latent_stats={stats}",
+        "distill.latents=mode",  # the hand computation below uses the posterior mean (sampling: the cache test)
     )  # the seed's L1 (the demo preset trains with L2)
     assert "teacher" in r.nets.frozen and not any(p.requires_grad for p in r.nets.frozen["teacher"].parameters())
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
@@ -196,8 +197,16 @@ def test_teacher_latents_come_from_the_feature_cache(tmp_path: Path) -> None:
     cache = r.prepare_feature_cache(images.numpy(), tmp_path, torch.device("cpu"), progress=False)
     assert cache is not None and len(cache) == 3
     x = images[:2].permute(0, 3, 1, 2).float() / 127.5 - 1
-    direct = r.teacher.latents(x)
-    r.teacher.latents = None  # type: ignore[assignment]  (a batch in the cache must not run the teacher)
-    torch.testing.assert_close(r.teacher_latents(x), direct, rtol=1e-3, atol=2e-3)  # float16 rows
+    moments = r.teacher.moments(x)
+    mean, std = moments.chunk(2, dim=1)
+    torch.testing.assert_close(mean, r.teacher.latents(x))  # the mode is the posterior mean
+    assert std.min() > 0  # the kl teacher has a posterior: there is something to sample
+    r.teacher.moments = None  # type: ignore[assignment]  (a batch in the cache must not run the teacher)
+    torch.manual_seed(3)
+    cached = r.teacher_latents(x)
+    torch.manual_seed(3)
+    torch.testing.assert_close(cached, mean + std * torch.randn(std.shape), rtol=1e-3, atol=2e-3)  # float16 rows
+    r.cfg.distill.latents = "mode"
+    torch.testing.assert_close(r.teacher_latents(x), mean, rtol=1e-3, atol=2e-3)
     off = recipe(TinyRecipe, "taesd_demo", *STUDENT, f"distill.teacher={path}", "distill.cache=false")
     assert off.prepare_feature_cache(images.numpy(), tmp_path, torch.device("cpu"), progress=False) is None

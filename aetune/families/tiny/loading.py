@@ -125,7 +125,12 @@ def load_tiny_weights(
         merged,
         " + ".join(names),
         "build the model with the weights' latent_channels, downsample_factor and widths",
-        "pass both halves (encoder and decoder), or allow_partial to keep the rest at initialisation",
+        "pass both halves (encoder and decoder), or allow_partial to keep the rest at initialisation"
+        + (
+            " (the file has taef2's GroupNorm branches: build the model with midblock_gn=True)"
+            if any(".pool." in k for k in merged) and not any(".pool." in k for k in model.state_dict())
+            else ""
+        ),
         allow_partial,
     )
     expected = model.state_dict()

@@ -37,6 +37,8 @@ class DistillConfig:
     latent_scale: float = field(default=1.0, metadata=bounds(0.0))  # without latent_stats: z * scale (SD: 0.18215)
     latent_shift: float = 0.0  # without latent_stats: subtracted before scaling
     cache: bool = True  # the teacher's latents of the training images from the frozen-feature cache (images only)
+    latents: str = field(default="sample", metadata=choices("sample", "mode"))  # of the teacher's posterior: the
+    # reference notebooks sample it (a teacher without a posterior gives its latents either way)
 
 
 @dataclass

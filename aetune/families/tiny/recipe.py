@@ -70,10 +70,35 @@ class TeacherLatents(nn.Module):
         return (z - self._view(self.shift, z)) * self._view(self.scale, z)
 
     @torch.no_grad()
+    def moments(self, x: Tensor) -> Tensor:
+        """Images or clips in [-1, 1] -> the scaled posterior's mean and std, stacked on the channel axis.
+
+        Returns:
+            (B, 2C, h, w) [clips: (B, n, 2C, h, w)], float32; std is 0 for a teacher without a posterior.
+        """
+        enc = self.model.encode(x)
+        dist = enc.latent_dist
+        mean = (enc.latents if dist is None else dist.mean).float()
+        std = torch.zeros_like(mean) if dist is None else dist.std.float()
+        scaled = (mean - self._view(self.shift, mean)) * self._view(self.scale, mean)
+        return torch.cat([scaled, std * self._view(self.scale, std)], dim=mean.ndim - 3)
+
+    @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:
         """Scaled latents -> the teacher's reconstruction in [-1, 1] (not clamped)."""
         raw = z / self._view(self.scale, z) + self._view(self.shift, z)
         return self.model.decode(raw).sample.float()
+
+
+def draw_latents(moments: Tensor, sample: bool) -> Tensor:
+    """Latents from :meth:`TeacherLatents.moments`: ``mean + std * eps`` (torch's global generator, whose state
+    checkpoints keep, so a resumed run draws the same) or the mean; (B, 2C, ...) -> (B, C, ...)."""
+    mean, std = moments.chunk(2, dim=moments.ndim - 3)
+    if not sample:
+        return mean
+    # randn over the logical shape, not randn_like: the draw must not depend on the moments' memory layout
+    # (cached rows are contiguous, the teacher's own output may be channels-last)
+    return mean + std * torch.randn(std.shape, dtype=std.dtype, device=std.device)
 
 
 def load_teacher(cfg: Config) -> TeacherLatents | None:
@@ -181,18 +206,20 @@ class TinyRecipe(Recipe):
         return PhaseResult(total, {k: v.detach() for k, v in logs.items()}, parts, {"fake": fake, "real": target})
 
     def teacher_latents(self, x: Tensor, keys: Tensor | None = None) -> Tensor:
-        """The teacher's scaled latents of ``x``: from the feature cache when every image of the batch is in it."""
+        """The teacher's scaled latents of ``x``, drawn from its posterior (``distill.latents``); the moments come
+        from the feature cache when every image of the batch is in it."""
         assert self.teacher is not None
+        moments = None
         if self.feature_cache is not None and not self.cfg.data.hflip:
-            z = self.feature_cache.lookup(to_uint8(x), keys)
-            if z is not None:
-                return z
-        return self.teacher.latents(x)
+            moments = self.feature_cache.lookup(to_uint8(x), keys)
+        if moments is None:
+            moments = self.teacher.moments(x)
+        return draw_latents(moments, self.cfg.distill.latents == "sample")
 
     def prepare_feature_cache(
         self, images: np.ndarray, work_dir: Path, device: torch.device, progress: bool = True
     ) -> FeatureCache | None:
-        """Build or load the cache of the teacher's scaled latents of ``images`` (N, S, S, 3) uint8 and use it.
+        """Build or load the cache of the teacher's scaled posterior moments of ``images`` (N, S, S, 3) uint8, use it.
 
         None (the teacher runs every step) without a teacher, with ``distill.cache`` off or ``data.hflip`` on.
         """
@@ -201,9 +228,10 @@ class TinyRecipe(Recipe):
         teacher = self.teacher.to(device)
         d = self.cfg.distill
         settings = {"teacher": d.teacher, "latent_stats": d.latent_stats, "image_size": int(images.shape[1])}
+        settings["cached"] = "posterior moments"  # mean and std: each step draws its own sample
         self.feature_cache = FeatureCache.build_or_load(
             work_dir, f"distill_teacher_{images.shape[1]}px", teacher, settings, images,
-            lambda u8: teacher.latents(to_model_range(u8)), device=device, progress=progress,
+            lambda u8: teacher.moments(to_model_range(u8)), device=device, progress=progress,
         )  # fmt: skip
         return self.feature_cache
 
