@@ -8,7 +8,7 @@ Writes <work_dir>/results as one set (built beside it, then swapped in): metrics
 thresholds, constant-image baselines, user separability, advice for the released model), reconstruction_results.png,
 latent_users.png, training_curves.png, latent_statistics.json, latents_stats.pt (LightningDiT format),
 <family>_encoder_for_dit.pt, <family>_<dataset>_lightningdit.pt (kl, vavae) and latents/ (LightningDiT's latent
-dataset; image and volume runs). --all runs the parts that apply to the run, naming each it skips.
+dataset; a row per image, volume or clip). --all runs the parts that apply to the run, naming each it skips.
 """
 
 from __future__ import annotations

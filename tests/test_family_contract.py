@@ -114,13 +114,18 @@ def test_final_model_reloads_and_reconstructs(contract_run) -> None:
         torch.testing.assert_close(v, ckpt["state_dict"][prefix + k], rtol=0, atol=0, msg=k)
 
 
-def test_step5_reports(contract_run) -> None:
-    _, _, _, whole, _ = contract_run
+def test_step5_all_writes_what_applies(contract_run) -> None:
+    """``step5 --all`` on every family: metrics, the DiT encoder export, and the latent dataset where the data
+    kind has one (images, volumes, video clips)."""
+    family, _, _, whole, _ = contract_run
     out = subprocess.run(
-        [sys.executable, str(ROOT / "step5_validate_export.py"), "--output_dir", str(whole), "--metrics",
+        [sys.executable, str(ROOT / "step5_validate_export.py"), "--output_dir", str(whole), "--all",
          "--no_progress", "--batch_size", "2"],
         capture_output=True, text=True, cwd=ROOT, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.loads((whole / "results/metrics.json").read_text())
     assert "psnr" in json.dumps(metrics)
+    assert (whole / f"results/{family}_encoder_for_dit.pt").is_file()
+    index = json.loads((whole / "results/latents/latents_index.json").read_text())
+    assert index["num_images"] > 0 and (whole / "results/latents/latents_stats.pt").is_file()

@@ -14,6 +14,7 @@ from safetensors import safe_open
 
 from aetune.data.cache import CachedImages
 from aetune.data.prepared import Sample
+from aetune.data.video import VideoClips
 from aetune.errors import AetuneError
 from aetune.evaluate.latent_dataset import INDEX_FILE, STATS_FILE, shard_name, unsupported_reason, write_latent_dataset
 from aetune.models import create_autoencoder, get_family
@@ -138,4 +139,30 @@ def test_volumes_are_encoded_as_served_and_pairs_are_refused(tmp_path: Path) -> 
     with pytest.raises(AetuneError, match=r"\(image, label\) items; these have 3 parts"):
         write_latent_dataset(tmp_path / "pair", kl3d, pairs, samples[:1], splits=["train"], progress=False)
     assert unsupported_reason("image") is None and unsupported_reason("volume") is None
-    assert "restoration" in unsupported_reason("pair") and "not exported yet" in unsupported_reason("video")
+    assert "restoration" in unsupported_reason("pair") and unsupported_reason("video") is None
+
+
+def test_video_latents_are_one_row_per_clip_with_its_video_and_first_frame(tmp_path: Path) -> None:
+    clips_per_video = (2, 1, 3)  # cached frames 8, 4, 12 at 4 frames a clip (a tail shorter than a clip is left out)
+    files = []
+    rng = np.random.default_rng(2)
+    for v, n in enumerate(clips_per_video):
+        files.append(tmp_path / f"v{v}.npy")
+        np.save(files[-1], rng.integers(0, 256, (4 * n + (v == 0), 16, 16, 3), dtype=np.uint8))
+    clips = VideoClips(files, [0, 1, 0], frames=4)
+    samples = [Sample(f"ID_{y}/v{v}.mp4", f"ID_{y}", y) for v, y in enumerate([0, 1, 0])]
+    torch.manual_seed(0)
+    taehv = create_autoencoder("taehv", **get_family("taehv").tiny).eval()
+    info = write_latent_dataset(
+        tmp_path / "lat", taehv, clips, samples, splits=["train", "train", "val"], progress=False
+    )
+    index = json.loads((tmp_path / "lat" / INDEX_FILE).read_text())
+    rows = [(r["relpath"], r["first_frame"], r["split"]) for r in index["images"]]
+    assert rows == [("ID_0/v0.mp4", 0, "train"), ("ID_0/v0.mp4", 4, "train"), ("ID_1/v1.mp4", 0, "train"),
+                    ("ID_0/v2.mp4", 0, "val"), ("ID_0/v2.mp4", 4, "val"), ("ID_0/v2.mp4", 8, "val")]  # fmt: skip
+    stored = safe_open(info.shards[0], "pt").get_tensor("latents")
+    with torch.no_grad():
+        want = taehv.encode(clips[4][0][None].float() / 127.5 - 1).latents[0]  # the 5th clip: v2 from frame 4
+    assert stored.shape == (6, *want.shape) and want.shape[0] == 1  # (clips, latent frames, C, h, w): 4 -> 1
+    torch.testing.assert_close(stored[4], want)
+    assert safe_open(info.shards[0], "pt").get_tensor("labels").tolist() == [0, 0, 1, 0, 0, 0]

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from aetune.data.prepared import Sample
+from aetune.data.video import VideoClips
 from aetune.errors import AetuneError
 from aetune.evaluate.evaluator import model_input
 from aetune.evaluate.latent_stats import LATENT_SOURCES, LatentStatistics, LatentStatsAccumulator
@@ -55,10 +56,9 @@ DEFAULT_SOURCE = "sample"
 UNSUPPORTED_KINDS = {
     "pair": "a restoration run maps degraded inputs to clean targets, so there is no image set for a "
     "class-conditional DiT to learn (the encoder is still exported by --export)",
-    "video": "video latents (one row per clip) are not exported yet; the clips' metrics, figures, latent "
-    "statistics and encoder are",
 }
-"""Data kind -> why its runs get no latent dataset (``image`` and ``volume`` runs get one)."""
+"""Data kind -> why its runs get no latent dataset (``image``, ``volume`` and ``video`` runs get one: a row per
+image, volume or clip)."""
 
 
 def unsupported_reason(kind: str) -> str | None:
@@ -115,7 +115,8 @@ class LatentDatasetInfo:
 
 
 def _save_shard(path: Path, latents: list[Tensor], second: list[Tensor], labels: list[Tensor], source: str) -> Path:
-    """One shard: ``latents``, ``latents_flip`` (N, C, h, w) float32, ``labels`` (N,) int64, LightningDiT's metadata."""
+    """One shard: ``latents``, ``latents_flip`` (N, C, h, w) [clips: (N, n, C, h, w)] float32, ``labels`` (N,)
+    int64, LightningDiT's metadata."""
     save_file = require("safetensors.torch", "--export_latents").save_file
     z = torch.cat(latents).contiguous()
     tensors = {"latents": z, "latents_flip": torch.cat(second).contiguous(), "labels": torch.cat(labels).contiguous()}
@@ -132,11 +133,21 @@ def _save_shard(path: Path, latents: list[Tensor], second: list[Tensor], labels:
     return path
 
 
-def _check_items(dataset: Dataset, samples: Sequence[Sample], splits: Sequence[str]) -> None:
-    """Refuse what is not one ``(image or volume, label)`` item per sample and split, naming what came.
+def item_sources(dataset: Dataset) -> list[tuple[int, int | None]]:
+    """(file index, first frame) of each item: clips of ``VideoClips`` come from their video, other items are
+    their file (first frame None)."""
+    if isinstance(dataset, VideoClips):
+        return [(v, start) for v, start in dataset.index]
+    return [(i, None) for i in range(len(dataset))]  # type: ignore[arg-type]
+
+
+def _check_items(
+    dataset: Dataset, sources: Sequence[tuple[int, int | None]], samples: Sequence[Sample], splits: Sequence[str]
+) -> None:
+    """Refuse what is not ``(image, volume or clip, label)`` items of the given files and splits, naming what came.
 
     Raises:
-        AetuneError: no items, items of another shape, or not one item per sample.
+        AetuneError: no items, items of another shape, or items of files the samples do not list.
     """
     n = len(dataset)  # type: ignore[arg-type]
     if n == 0:
@@ -147,10 +158,15 @@ def _check_items(dataset: Dataset, samples: Sequence[Sample], splits: Sequence[s
             f"the latent dataset takes (image, label) items; these have {width} parts (paired LQ/GT data?): "
             "export the encoder with --export instead"
         )
-    if len(samples) != n or len(splits) != n:
+    files = max(f for f, _ in sources) + 1
+    if (
+        len(samples) != len(splits)
+        or files > len(samples)
+        or (len(samples) != n and not isinstance(dataset, VideoClips))
+    ):
         raise AetuneError(
-            f"{n} items for {len(samples)} files and {len(splits)} split names: the latent dataset stores one row "
-            "per file (video clips are not exported yet)"
+            f"{n} items of {files} files for {len(samples)} files and {len(splits)} split names: the latent dataset "
+            "stores one row per image or volume (per clip for videos) of the listed files"
         )
 
 
@@ -175,10 +191,11 @@ def write_latent_dataset(
     Args:
         folder: an empty (or new) folder.
         model: the autoencoder; put in eval mode on ``device``.
-        dataset: items ``(image (3, S, S) uint8, label)`` at the training size (``Evaluator.dataset``), or
-            ``(volume (1, D, H, W) float in [-1, 1], label)``.
-        samples: the image behind each item, in order (for the index).
-        splits: the split of each item (``"train"`` / ``"val"``), in order.
+        dataset: items ``(image (3, S, S) uint8, label)`` at the training size (``Evaluator.dataset``),
+            ``(volume (1, D, H, W) float in [-1, 1], label)``, or ``VideoClips`` items ``(clip (T, 3, S, S) uint8,
+            label)``: one row per clip, with its video and first frame in the index.
+        samples: the file behind each item (clips: each video), in order (for the index).
+        splits: the split of each file (``"train"`` / ``"val"``), in order.
         source: ``"sample"`` (LightningDiT's choice), ``"mode"`` (the posterior mean), or None: ``sample`` for
             families with a posterior, ``mode`` (their deterministic latents) for the others (RAE, tiny).
         batch_size: images per forward pass.
@@ -194,7 +211,8 @@ def write_latent_dataset(
     """
     if source is not None and source not in LATENT_SOURCES:
         raise AetuneError(f"latent source must be one of {', '.join(LATENT_SOURCES)}, got '{source}'")
-    _check_items(dataset, samples, splits)
+    sources = item_sources(dataset)
+    _check_items(dataset, sources, samples, splits)
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     model.eval().to(device)
@@ -221,10 +239,12 @@ def write_latent_dataset(
         acc.update(z, post)  # the statistics describe exactly the stored ``latents``
         for _ in range(len(z)):
             i = len(rows)
-            s = samples[i]
+            f, first_frame = sources[i]
+            s = samples[f]
             shard, row = divmod(i, shard_images)
             rows.append({"index": i, "shard": shard_name(shard), "row": row, "relpath": s.relpath, "user": s.user,
-                         "label": s.label, "split": splits[i]})  # fmt: skip
+                         "label": s.label, "split": splits[f]}
+                        | ({} if first_frame is None else {"first_frame": first_frame}))  # fmt: skip
         start = 0
         while start < len(z):  # a batch may straddle two shards
             take = min(len(z) - start, shard_images - buffered)
