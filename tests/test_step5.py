@@ -409,7 +409,7 @@ def test_all_does_what_applies_to_every_data_kind(
     names = {p.name for p in res.iterdir()}
     common = {"metrics.json", "reconstruction_results.png", "latent_statistics.json", "latents_stats.pt"}
     assert common | {f"{family}_encoder_for_dit.pt"} <= names
-    latents = kind in ("image", "volume")
+    latents = kind in ("image", "volume", "video")  # video: a row per clip
     assert ("latents" in names) is latents
     assert ("skipped --export_latents: " + kind) in out or latents
     lightningdit = f"{family}_toy_lightningdit.pt"
@@ -419,7 +419,7 @@ def test_all_does_what_applies_to_every_data_kind(
     hint = out[out.index("from aetune import load_encoder") :]
     shapes = {"image": "(B, 3, 32, 32)", "pair": "degraded (LQ) images", "video": "clips (B, T, 3, 32, 32)"}
     assert shapes.get(kind, "volumes (B, 1, D, H, W)") in hint
-    assert ("latents of every image" in hint) is latents
+    assert ("latents of every " + ("clip" if kind == "video" else "image") in hint) is latents
     m = json.loads((res / "metrics.json").read_text())
     assert isinstance(m["overall"]["psnr_baseline"], float) and "psnr_baseline" in m["definitions"]
     overall = m["overall"]

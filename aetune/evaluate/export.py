@@ -367,7 +367,8 @@ def dit_snippet(
         "# after sampling: encoder.denormalize(z_generated) -> latents for the fine-tuned decoder",
     ]
     if latents is not None:
-        lines.append(f"# the latents of every image, ready to train on (LightningDiT's ImgLatentDataset): {latents}")
+        item = {"video": "clip (a row per clip; its video and first frame in latents_index.json)"}.get(kind, "image")
+        lines.append(f"# the latents of every {item}, ready to train on (LightningDiT's ImgLatentDataset): {latents}")
     if lightningdit is not None:
         lines.append(f"# LightningDiT instead: point its tokenizer config's ckpt_path at {lightningdit}")
     return "\n".join(lines)

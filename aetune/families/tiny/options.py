@@ -42,6 +42,16 @@ class DistillConfig:
 
 
 @dataclass
+class TinyDiscriminatorConfig(DiscriminatorConfig):
+    """The adversarial critic: Seraena's latent-conditioned one (the references'), or the unconditional PatchGAN."""
+
+    kind: str = field(default="seraena", metadata=choices("seraena", "patchgan"))  # patchgan: ndf and n_layers
+    buffer: int = field(default=128, metadata=bounds(1, 16384))  # seraena: fakes replayed (reference 16384, in RAM;
+    # here they are checkpointed: 128 at 256 px is ~50 MB of float16 per checkpoint)
+    frames: int = field(default=3, metadata=bounds(1, 64))  # seraena, taehv: frames per discriminator input
+
+
+@dataclass
 class ClipConfig:
     """Video clips step 4 trains on (``taehv``): frames per clip and temporal subsampling."""
 
@@ -56,7 +66,7 @@ register_schema(
     tiny={"model": {"args": {"width": 8}}, "discriminator": {"ndf": 8, "n_layers": 2}, "loss": _TINY_LOSS},
     loss=TinyLossConfig,
     distill=DistillConfig,
-    discriminator=DiscriminatorConfig,
+    discriminator=TinyDiscriminatorConfig,
 )
 register_schema(
     "taehv",
@@ -70,6 +80,6 @@ register_schema(
     },
     loss=TinyLossConfig,
     distill=DistillConfig,
-    discriminator=DiscriminatorConfig,
+    discriminator=TinyDiscriminatorConfig,
     clip=ClipConfig,
 )

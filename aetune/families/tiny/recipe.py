@@ -2,15 +2,19 @@
 
 With a teacher (``distill.teacher``: any aetune model file, e.g. ``checkpoints/vavae_microdoppler_final.pt``),
 as TAESD is trained: the encoder learns the teacher's latents (MSE, ``enc_distill_weight``); the decoder
-learns to decode the *teacher's* latents (reconstruction, LPIPS, a fixed-weight PatchGAN term, and MSE to
-the teacher's own decode, ``dec_distill_weight``). The two halves meet only through the teacher's latent
-space, so the encoder's gradient never reaches the decoder and vice versa. Latents are scaled as the
+learns to decode the *teacher's* latents (reconstruction, LPIPS, an adversarial term, and MSE to the
+teacher's own decode, ``dec_distill_weight``). The adversarial term is Seraena's by default
+(``discriminator.kind: seraena``, ``aetune/families/tiny/seraena.py``: a discriminator conditioned on the
+latents, the decoder regressing onto its corrected output; video in groups of ``discriminator.frames``
+frames with the clip's time-averaged latents), or an unconditional hinge PatchGAN (``patchgan``). The two
+halves meet only through the teacher's latent space, so the encoder's gradient never reaches the decoder and
+vice versa. Latents are scaled as the
 teacher's statistics say (``distill.latent_stats``: per channel (z - mean) / std, the DiT's input), so the
 tiny decoder decodes a DiT sample directly and TAESD's tanh clamp at +-3 sees unit-variance latents.
 Without a teacher the pair trains end to end from pixels (reconstruction, LPIPS, adversarial).
 
 Video (``taehv``): clips (B, T, 3, H, W); ``4 ceil(T / 4) - 3`` frames come back, compared with the first
-frames of the clip; LPIPS, the discriminator and validation work frame by frame (``(B * T', 3, H, W)``), so
+frames of the clip; LPIPS, the PatchGAN and validation work frame by frame (``(B * T', 3, H, W)``), so
 step 4's validation reports PSNR / SSIM / LPIPS per frame and its sample strip shows frames.
 """
 
@@ -29,10 +33,11 @@ from aetune.data.cache import to_model_range
 from aetune.data.feature_cache import FeatureCache, to_uint8
 from aetune.data.kinds.video import register_video_kind
 from aetune.errors import AetuneError
+from aetune.families.tiny import seraena
 from aetune.families.tiny.loading import load_tiny_weights
 from aetune.families.tiny.losses import latent_distill_loss, pixel_loss
 from aetune.losses import build_lpips, discriminator_objective, generator_loss
-from aetune.models import Autoencoder, create_autoencoder
+from aetune.models import Autoencoder, create_autoencoder, get_family
 from aetune.models.checkpoint import load_autoencoder_checkpoint
 from aetune.nn.patchgan import NLayerDiscriminator
 from aetune.recipes import register_recipe
@@ -90,15 +95,16 @@ class TeacherLatents(nn.Module):
         return self.model.decode(raw).sample.float()
 
 
-def draw_latents(moments: Tensor, sample: bool) -> Tensor:
-    """Latents from :meth:`TeacherLatents.moments`: ``mean + std * eps`` (torch's global generator, whose state
-    checkpoints keep, so a resumed run draws the same) or the mean; (B, 2C, ...) -> (B, C, ...)."""
+def draw_latents(moments: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Latents from :meth:`TeacherLatents.moments`: ``mean + std * eps`` with eps from ``generator`` (the batch's,
+    so a resumed run draws the same), or the mean when it is None; (B, 2C, ...) -> (B, C, ...)."""
     mean, std = moments.chunk(2, dim=moments.ndim - 3)
-    if not sample:
+    if generator is None:
         return mean
     # randn over the logical shape, not randn_like: the draw must not depend on the moments' memory layout
     # (cached rows are contiguous, the teacher's own output may be channels-last)
-    return mean + std * torch.randn(std.shape, dtype=std.dtype, device=std.device)
+    eps = torch.randn(std.shape, generator=generator, device=generator.device, dtype=std.dtype)
+    return mean + std * eps.to(std.device)
 
 
 def load_teacher(cfg: Config) -> TeacherLatents | None:
@@ -157,8 +163,16 @@ class TinyRecipe(Recipe):
                 )
             nets["teacher"] = teacher
         gan = self.loss.disc_start >= 0 and self.loss.adv_weight > 0
-        disc = NLayerDiscriminator(ndf=cfg.discriminator.ndf, n_layers=cfg.discriminator.n_layers) if gan else None
-        return Networks(autoencoder, disc, nets)
+        return Networks(autoencoder, self.build_discriminator() if gan else None, nets)
+
+    def build_discriminator(self) -> nn.Module:
+        """Seraena's latent-conditioned discriminator (3 x ``frames`` image channels for clips), or the PatchGAN."""
+        d = self.cfg.discriminator
+        if d.kind == "patchgan":
+            return NLayerDiscriminator(ndf=d.ndf, n_layers=d.n_layers)
+        channels = 3 * (d.frames if self.data_kind == "video" else 1)
+        options = get_family(self.cfg.model.family).config_cls(**self.cfg.model.args)
+        return seraena.ContextPatchDiscriminator(channels, options.latent_channels, d.ndf, d.buffer)
 
     @property
     def teacher(self) -> TeacherLatents | None:
@@ -178,6 +192,10 @@ class TinyRecipe(Recipe):
         """The model's output as a batch of images: (B, 3, H, W) as is (videos flatten their frames)."""
         return y
 
+    def seraena_view(self, y: Tensor, real: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(fake, real, latents) as Seraena's discriminator sees them: images (B, 3, H, W) and their latents."""
+        return y, real, z
+
     def generator_step(self, x: Tensor, target: Tensor, ctx: StepContext) -> PhaseResult:
         ae, loss, teacher = self.autoencoder, self.loss, self.teacher
         terms: dict[str, Tensor] = {}
@@ -185,7 +203,7 @@ class TinyRecipe(Recipe):
         if teacher is None:
             x_rec = ae.decode(z).sample  # end to end from pixels
         else:
-            z_t = self.teacher_latents(x, ctx.keys)  # (B, C, h, w) [video: (B, n, C, h, w)], no gradient
+            z_t = self.teacher_latents(x, ctx.keys, ctx.generator)  # (B, C, h, w) [video: (B, n, C, h, w)], no grad
             terms["enc_distill"] = loss.enc_distill_weight * latent_distill_loss(z, z_t)
             x_rec = ae.decode(z_t).sample  # the decoder learns the teacher's latent space
             if loss.dec_distill_weight > 0:
@@ -196,25 +214,36 @@ class TinyRecipe(Recipe):
         if loss.perceptual_weight > 0:
             logs["lpips"] = self.perceptual(fake.float(), target.float()).float().mean()  # type: ignore[misc]
             terms["lpips"] = loss.perceptual_weight * logs["lpips"]
+        carry: dict[str, Any] = {"fake": fake, "real": target}
         if self.discriminator is not None and self.phase_active("d", ctx.batch):
-            with frozen(self.discriminator):  # the G loss must not leave gradients in D
-                logs["g_adv"] = generator_loss(self.discriminator(fake))
+            if isinstance(self.discriminator, seraena.ContextPatchDiscriminator):
+                latents = z.detach() if teacher is None else z_t  # what the decoder decoded
+                g_fake, g_real, g_latents = self.seraena_view(x_rec, target, latents)
+                step = seraena.correction(self.discriminator, g_real, g_fake, g_latents)
+                logs["g_adv"] = seraena.generator_loss(g_fake, step)
+                carry = {"fake": g_fake, "real": g_real, "latents": g_latents}
+            else:
+                with frozen(self.discriminator):  # the G loss must not leave gradients in D
+                    logs["g_adv"] = generator_loss(self.discriminator(fake))
             terms["gan"] = loss.adv_weight * logs["g_adv"]
         total = torch.stack([t.float() for t in terms.values()]).sum()
         logs |= {k: v.detach() for k, v in terms.items() if k in ("enc_distill", "dec_distill")}
         parts = dict(terms) if ctx.parts else {}
-        return PhaseResult(total, {k: v.detach() for k, v in logs.items()}, parts, {"fake": fake, "real": target})
+        return PhaseResult(total, {k: v.detach() for k, v in logs.items()}, parts, carry)
 
-    def teacher_latents(self, x: Tensor, keys: Tensor | None = None) -> Tensor:
-        """The teacher's scaled latents of ``x``, drawn from its posterior (``distill.latents``); the moments come
-        from the feature cache when every image of the batch is in it."""
+    def teacher_latents(
+        self, x: Tensor, keys: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """The teacher's scaled latents of ``x``: drawn from its posterior with ``generator`` (``distill.latents:
+        sample``), else (``mode``, or no generator) its mean. The moments come from the feature cache when every
+        image of the batch is in it."""
         assert self.teacher is not None
         moments = None
         if self.feature_cache is not None and not self.cfg.data.hflip:
             moments = self.feature_cache.lookup(to_uint8(x), keys)
         if moments is None:
             moments = self.teacher.moments(x)
-        return draw_latents(moments, self.cfg.distill.latents == "sample")
+        return draw_latents(moments, generator if self.cfg.distill.latents == "sample" else None)
 
     def prepare_feature_cache(
         self, images: np.ndarray, work_dir: Path, device: torch.device, progress: bool = True
@@ -236,8 +265,14 @@ class TinyRecipe(Recipe):
         return self.feature_cache
 
     def discriminator_step(self, x: Tensor, target: Tensor, g: PhaseResult, ctx: StepContext) -> PhaseResult:
-        """Hinge loss on real frames and the detached reconstructions (two calls: per-call BatchNorm)."""
+        """Seraena's regression on real and replayed fake images with their latents, or the PatchGAN's hinge loss
+        on real frames and the detached reconstructions (two calls: per-call BatchNorm)."""
         assert self.discriminator is not None
+        if isinstance(self.discriminator, seraena.ContextPatchDiscriminator):
+            c = g.carry
+            d = self.discriminator
+            loss = seraena.discriminator_loss(d, c["real"], c["fake"].detach(), c["latents"], ctx.generator)
+            return PhaseResult(loss, {"d_mse": loss.detach()})
         terms = discriminator_objective(
             self.discriminator(g.carry["real"]), self.discriminator(g.carry["fake"].detach())
         )
@@ -280,6 +315,29 @@ class VideoTinyRecipe(TinyRecipe):
 
     def frames(self, y: Tensor) -> Tensor:
         return y.flatten(0, 1) if y.ndim == 5 else y  # (B, T', 3, H, W) -> (B * T', 3, H, W)
+
+    def seraena_view(self, y: Tensor, real: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Clips as groups of ``discriminator.frames`` consecutive frames stacked on the channel axis, each group
+        with its clip's time-averaged latents (the TAEHV notebook: latents cannot be assigned to single frames).
+
+        Args:
+            y: the decoded clips (B, T', 3, H, W); real: their target frames (B * T', 3, H, W); z: the latents
+                (B, n, C, h, w). Clips are padded to a multiple of the group with their first frames.
+
+        Returns:
+            fake (B * G, 3 g, H, W), real (B * G, 3 g, H, W), latents (B * G, C, h, w).
+        """
+        if y.ndim == 4:
+            return y, real, z
+        g, (b, t) = self.cfg.discriminator.frames, y.shape[:2]
+        pad = -t % g
+
+        def group(frames: Tensor) -> Tensor:
+            frames = torch.cat([frames, frames[:, :pad]], 1) if pad else frames
+            return frames.reshape(b * (t + pad) // g, g * frames.shape[2], *frames.shape[3:])
+
+        latents = z.mean(1).repeat_interleave((t + pad) // g, dim=0)
+        return group(y), group(real.reshape(y.shape)), latents
 
     def prepare_feature_cache(
         self, images: np.ndarray, work_dir: Path, device: torch.device, progress: bool = True
