@@ -74,6 +74,8 @@ class OptimizerConfig:
     schedule: str = field(default="constant", metadata=choices("constant", "cosine"))  # RAE: warm-up + cosine
     warmup_batches: int = field(default=0, metadata=bounds(0))  # linear warm-up from 0, in batches of the stage
     min_lr_ratio: float = field(default=0.0, metadata=bounds(0.0, 1.0))  # cosine floor / peak (RAE: 2e-5 / 2e-4)
+    # the schedule's clock: the stage's batches, or "updates" = only the batches this phase ran (RAE's D scheduler)
+    count: str = field(default="batches", metadata=choices("batches", "updates"))
 
 
 @dataclass
@@ -105,6 +107,9 @@ class StageConfig:
     learning_rate: float | None = field(default=None, metadata=bounds(0.0, 1.0))  # None: train.learning_rate
     patience: int | None = field(default=None, metadata=bounds(0))  # None: train.patience without GAN, 0 (off) with
     monitor: str | None = None  # None: train.monitor
+    # start with the previous stage's optimizer states (Adam moments, step counts): a stage that only switches
+    # loss terms on goes on with one optimisation, as MONAI's single training loop (kl3d's warm-up -> GAN)
+    carry_optimizer: bool = False
 
 
 @dataclass
@@ -146,6 +151,7 @@ class FamilySchema:
     tiny: dict[str, Any] = field(default_factory=dict)  # partial config: a CPU-sized run (contract tests, demos)
     released: tuple[str, ...] = ()  # weight registry names of the released model a real fine-tune starts from
     full_size: tuple[int, int] | None = None  # (autoencoder, discriminator) parameters at the defaults (no torch)
+    needs: Callable[[Config], list[str]] | None = None  # weight registry names a run of the config needs (step 2)
 
 
 _SCHEMAS: dict[str, FamilySchema] = {}
@@ -159,6 +165,7 @@ def register_schema(
     tiny: dict[str, Any] | None = None,
     released: tuple[str, ...] = (),
     full_size: tuple[int, int] | None = None,
+    needs: Callable[[Config], list[str]] | None = None,
     **sections: type,
 ) -> FamilySchema:
     """Register a family's config sections (called by ``aetune/families/<family>/options.py``, torch-free).
@@ -174,6 +181,8 @@ def register_schema(
             ``--released``).
         full_size: (autoencoder, discriminator) parameter counts at the default options, so step 1 sizes the
             run's files without torch (``tests/test_disk_budget.py`` checks them against the built model).
+        needs: ``needs(cfg)`` -> the weight registry names a run with ``cfg`` builds its model from (hypir: the
+            frozen SD2.1-base parts unless the preset asks for random ones); step 2 ``--config`` fetches them.
         **sections: section name -> dataclass; ``loss`` is required.
     """
     if "loss" not in sections:
@@ -181,7 +190,9 @@ def register_schema(
     clash = set(sections) & set(COMMON_SECTIONS)
     if clash:
         raise TypeError(f"family {family} redefines common sections {sorted(clash)}")
-    schema = FamilySchema(family, dict(sections), default_preset, data_kind, dict(tiny or {}), released, full_size)
+    schema = FamilySchema(
+        family, dict(sections), default_preset, data_kind, dict(tiny or {}), released, full_size, needs
+    )
     _SCHEMAS[family] = schema
     return schema
 

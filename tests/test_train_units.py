@@ -187,3 +187,14 @@ def test_bench_reports_each_phase(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert rate > 0 and mib > 100  # torch alone keeps a few hundred MiB resident
     assert bench.main(bench.parse_args([*common, "--stage", "1"])) == 0
     assert "discriminator  skipped (GAN off in stage 1)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("monitor", "mode"),
+    [("val/psnr", "max"), ("val/PSNR", "max"), ("val/Final_Score", "max"), ("val/lpips", "min"),
+     ("val/LPIPS", "min"), ("val/rfid", "min"), ("val/rec_loss", "min")],
+)  # fmt: skip
+def test_the_monitor_direction_ignores_the_keys_case(monitor: str, mode: str) -> None:
+    from aetune.train.runner import monitor_mode
+
+    assert monitor_mode(monitor) == mode

@@ -112,14 +112,16 @@ def teacher_weight(timm_name: str) -> str | None:
 def weights_for_config(cfg: Config) -> list[str]:
     """Registry names a run with ``cfg`` needs (``step2 --config``): none for the random-weight demo.
 
-    A pretrained teacher means a real fine-tune: the family's released model (``released`` in its schema, e.g.
+    What the family's model is built from (``needs`` in its schema: hypir's frozen SD2.1-base parts). A
+    pretrained teacher means a real fine-tune: the family's released model (``released`` in its schema, e.g.
     the VA-VAE and its latent statistics) and the teacher's weights. A pretrained LPIPS means trustworthy
     quality metrics: LPIPS-VGG for the loss and the report, and the FID Inception for step 5's rFID.
     """
-    names = []
+    schema = family_schema(cfg.model.family)
+    names = list(schema.needs(cfg)) if schema.needs is not None else []
     teacher = cfg.sections.get("teacher")
     if teacher is not None and teacher.pretrained:
-        names += family_schema(cfg.model.family).released
+        names += schema.released
         if teacher.weights_path is None and (weight := teacher_weight(teacher.name)) is not None:
             names.append(weight)
     if getattr(cfg.loss, "lpips_pretrained", False):

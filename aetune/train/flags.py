@@ -29,12 +29,13 @@ def per_stage(text: str | None, stages: list[str], flag: str) -> dict[str, int]:
 def build_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
     """The preset with ``--set`` and the first-class flags applied (flags last), and the stages to run."""
     task = getattr(args, "task", None)
-    preset = args.config or family_schema(args.family or ModelConfig().family, task or RECONSTRUCTION).default_preset
-    cfg = load_config(preset, args.overrides)
+    preset, family_set = (args.config, []) if args.config else default_preset(args.family, task)
+    overrides = [*family_set, *args.overrides]
+    cfg = load_config(preset, overrides)
     if args.family and cfg.model.family != args.family:
-        raise AetuneError(f"--family {args.family} but --config {args.config} is a {cfg.model.family} preset")
+        raise AetuneError(f"--family {args.family} but --config {preset} is a {cfg.model.family} preset")
     if task and cfg.model.task != task:
-        raise AetuneError(f"--task {task} but --config {args.config} is a {cfg.model.task} preset")
+        raise AetuneError(f"--task {task} but --config {preset} is a {cfg.model.task} preset")
     stages = parse_stages(args.stages, cfg)
     flags = {
         "train.batch_size": args.batch_size,
@@ -55,4 +56,18 @@ def build_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
     for stage, n in per_stage(args.max_steps, stages, "--max_steps").items():
         flags[f"train.stages.{stage}.max_steps"] = n
     sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
-    return load_config(preset, [*args.overrides, *sets]), stages
+    return load_config(preset, [*overrides, *sets]), stages
+
+
+def default_preset(family: str | None, task: str | None) -> tuple[str, list[str]]:
+    """The preset ``--family`` / ``--task`` load without ``--config``, and the overrides it needs.
+
+    The family's own default preset when it already trains ``task`` (``--family hypir``: a restoration preset),
+    else the task's, with ``model.family`` set to the family asked for (``--family taesd --task restoration``).
+    """
+    own = family_schema(family or ModelConfig().family).default_preset
+    if task in (None, RECONSTRUCTION) or load_config(own).model.task == task:
+        return own, []
+    return family_schema(family or ModelConfig().family, task).default_preset, [
+        f"model.family={family}"
+    ] if family else []

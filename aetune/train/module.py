@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,39 @@ from aetune.recipes import StepContext, get_recipe
 from aetune.train.amp import update_scaler, window_scaler
 from aetune.train.rfid import FIDTracker
 from aetune.train.rng import batch_seed, rng_state, set_rng_state
-from aetune.train.schedule import lr_at
+from aetune.train.schedule import ScheduleClock, lr_at
 
 log = logging.getLogger(__name__)
 
 PREVIEW_IMAGES = 8
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def carry_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any], phase: str) -> None:
+    """Load the per-parameter state of ``saved`` (an optimizer ``state_dict``: Adam's moments and step counts)
+    into ``optimizer``, which keeps its own hyper-parameters (the new stage's learning rate, betas, decay).
+
+    Raises:
+        AetuneError: ``saved`` belongs to other parameters (another count, or another shape).
+    """
+    groups = optimizer.state_dict()["param_groups"]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved_ids = [i for group in saved["param_groups"] for i in group["params"]]
+    if len(saved["param_groups"]) != len(groups) or len(saved_ids) != len(params):
+        raise AetuneError(
+            f"carry_optimizer: the previous stage's {phase} optimizer holds {len(saved_ids)} parameters, this stage "
+            f"trains {len(params)}: set carry_optimizer false for a stage that changes what trains"
+        )
+    for i, p in zip(saved_ids, params, strict=True):
+        moment = saved["state"].get(i, {}).get("exp_avg")
+        if moment is not None and moment.shape != p.shape:
+            raise AetuneError(
+                f"carry_optimizer: the previous stage's {phase} state has shape {tuple(moment.shape)} where this "
+                f"stage's parameter is {tuple(p.shape)}: set carry_optimizer false"
+            )
+    # the saved parameter ids key its state; everything else in a group is this stage's own setting
+    merged = [{**own, "params": old["params"]} for own, old in zip(groups, saved["param_groups"], strict=True)]
+    optimizer.load_state_dict({"state": saved["state"], "param_groups": merged})
 
 
 class AutoencoderModule(pl.LightningModule):
@@ -104,6 +132,10 @@ class AutoencoderModule(pl.LightningModule):
         self._scale_seen: float | None = None  # the fp16 loss scale after the last window
         self.window_batches = 0  # batches accumulated in the open window
         self._pending = dict.fromkeys(self.recipe.phases, False)  # gradients accumulated in the open window
+        self._clocks = {  # what each phase's learning-rate schedule counts (``OptimizerConfig.count``)
+            phase: ScheduleClock(cfg.stage_optimizer(stage, phase).count, partial(self.recipe.phase_active, phase))
+            for phase in self.recipe.phases
+        }
         self._finite: dict[str, Tensor | None] = dict.fromkeys(self.recipe.phases)  # device flags of the window
         self._norms: dict[str, Tensor] = {}  # gradient norms taken before the step (fp32 / bf16)
         self._batch_keys: Tensor | None = None  # the training batch's image hashes, taken on the host
@@ -115,6 +147,7 @@ class AutoencoderModule(pl.LightningModule):
         self._window_grads: dict[str, Tensor] = {}  # a resumed open window's gradients, until on_train_start
         self._window_bad: dict[str, bool] = {}  # and its phases' flags
         self.work_dir: Path | None = None  # set by the runner: where the frozen-feature cache lives
+        self.carried_optimizers: dict[str, dict[str, Any]] = {}  # set by the runner: phase -> previous stage's state
 
     @property
     def batches_seen(self) -> int:
@@ -153,7 +186,10 @@ class AutoencoderModule(pl.LightningModule):
             # Fused kernels unscale inside step(): clipping and grad-norm logs would see scaled gradients.
             if self.device.type == "cuda" and self.trainer.precision != "16-mixed":
                 kw["fused"] = True
-            out.append(OPTIMIZERS[opt.name](params, **kw))
+            optimizer = OPTIMIZERS[opt.name](params, **kw)
+            if phase in self.carried_optimizers:  # train.stages.<stage>.carry_optimizer
+                carry_optimizer_state(optimizer, self.carried_optimizers[phase], phase)
+            out.append(optimizer)
         return out
 
     def _optimizers(self) -> list[Any]:
@@ -291,7 +327,8 @@ class AutoencoderModule(pl.LightningModule):
         for phase, ok in zip(pending, finite, strict=True):
             if ok:
                 spec = self.cfg.stage_optimizer(self.stage, phase)
-                lr = lr_at(self.batches_seen - 1, self.phase_lr(phase), self.total_batches, spec)
+                position = self._clocks[phase](self.batches_seen - 1)
+                lr = lr_at(position, self.phase_lr(phase), self.total_batches, spec)
                 for group in opts[phase].param_groups:
                     group["lr"] = lr
                 opts[phase].step()

@@ -342,15 +342,34 @@ def load_stage_start(
         module.autoencoder.load_state_dict(ae)
         if module.discriminator is not None and d:
             module.discriminator.load_state_dict(d)
+        if req.cfg.stage(stage).carry_optimizer:
+            module.carried_optimizers = carried_optimizer_states(ckpt, module.recipe.phases, source)
         if req.pretrained_path:
             log.info("--pretrained_path is not used: stage %s starts from stage %s's weights", stage, meta["stage"])
         return f"stage {meta['stage']} final weights ({relative(source, req.work_dir)})", scaler_state(ckpt)
     if stage != next(iter(req.cfg.train.stages)):
         log.warning("stage %s: no earlier stage has weights here (--allow_stage_gap): starting from the origin", stage)
+    if req.cfg.stage(stage).carry_optimizer:
+        log.warning("stage %s: carry_optimizer, but no earlier stage's checkpoint: a fresh optimizer", stage)
     if req.pretrained_path is None:
         log.warning("stage %s starts from RANDOM weights: no --pretrained_path was given", stage)
         return "random initialisation (no --pretrained_path)", None
     return module.recipe.load_pretrained(str(req.pretrained_path)), None
+
+
+def carried_optimizer_states(ckpt: dict[str, Any], phases: tuple[str, ...], source: Path) -> dict[str, dict[str, Any]]:
+    """The previous stage's optimizer states by phase (``train.stages.<stage>.carry_optimizer``).
+
+    Raises:
+        AetuneError: the checkpoint holds none (dropped once a later stage finished) or another phase count.
+    """
+    states = ckpt.get("optimizer_states") or []
+    if len(states) != len(phases):
+        raise AetuneError(
+            f"carry_optimizer: {source} holds {len(states)} optimizer states, this stage has {len(phases)} phases "
+            f"({', '.join(phases)}); set the stage's carry_optimizer false to start a fresh optimizer"
+        )
+    return dict(zip(phases, states, strict=True))
 
 
 def build_trainer(
@@ -412,7 +431,7 @@ def build_rfid(cfg: Config, work_dir: Path, device: str = "cpu") -> FIDTracker |
 
 def monitor_mode(monitor: str) -> str:
     """``min`` for distances and losses (LPIPS, rFID, ``*loss*``), ``max`` for PSNR, SSIM, scores."""
-    name = monitor.rsplit("/", 1)[-1]
+    name = monitor.rsplit("/", 1)[-1].lower()  # the restoration task logs the fork's keys (val/LPIPS)
     return "min" if name in ("lpips", "rfid") or "loss" in name else "max"
 
 

@@ -18,6 +18,3 @@ def image_dataset(prepared: PreparedData, split: str, size: int, cache: str, wor
 
 
 register_data_kind("image", build_file_cache, image_dataset)
-
-
-register_data_kind("image", build_file_cache, image_dataset)
