@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
@@ -10,7 +14,7 @@ from aetune.config import load_config
 from aetune.errors import AetuneError
 from aetune.families.rae.losses import quantize_fakes, rae_generator_objective
 from aetune.recipes import StepContext, get_recipe
-from aetune.train.schedule import lr_at
+from aetune.train.schedule import ScheduleClock, lr_at
 
 pytest.importorskip("transformers")
 
@@ -59,8 +63,8 @@ def test_fakes_are_clamped_and_8_bit() -> None:
 def test_preset_schedule_values() -> None:
     cfg = load_config("rae")
     g, d = cfg.stage_optimizer("1", "g"), cfg.stage_optimizer("1", "d")
-    assert (g.name, g.betas, g.weight_decay, g.schedule) == ("adamw", [0.9, 0.95], 0.0, "cosine")
-    assert d == g
+    assert (g.name, g.betas, g.weight_decay, g.schedule, g.count) == ("adamw", [0.9, 0.95], 0.0, "cosine", "batches")
+    assert d == dataclasses.replace(g, count="updates")  # D's scheduler counts D updates, as the reference's
     peak, total = cfg.train.learning_rate, 10_000
     assert peak == 3.5e-5 and cfg.train.d_learning_rate == 2e-4 and cfg.train.ema.decay == 0.9978
     assert lr_at(0, peak, total, g) == pytest.approx(peak / 625)  # linear warm-up from 0 over one epoch
@@ -69,12 +73,61 @@ def test_preset_schedule_values() -> None:
     assert lr_at(total - 1, peak, total, g) == pytest.approx(0.1 * peak)  # released 2e-4 -> 2e-5 ratio
     loss = cfg.stage_loss("1")
     assert (loss.disc_start, loss.gan_start, loss.disc_weight, loss.perceptual_weight) == (3750, 5000, 0.75, 1.0)
-    assert cfg.model.args["noise_tau"] == 0.8 and cfg.train.gradient_clip_val == 1.0
+    assert cfg.model.args["noise_tau"] == 0.8
+    assert cfg.train.gradient_clip_val == 0.0  # released clip_grad: 0.0 (no clipping)
+    assert cfg.augment.random_crop and not cfg.encoder.cache_tokens  # released 384 -> random 256 crops
+    assert cfg.discriminator.tanh_gelu  # the reference's tanh GELU in the DINO MLP
 
 
-def tiny_recipe(**loss: object):
-    sets = [f"loss.{k}={v}" for k, v in loss.items()]
-    cfg = load_config("rae_demo", sets)
+def reference_lr_ratio(step: int) -> float:
+    """bytetriper/RAE ``utils/optim_utils.build_scheduler``'s ``lr_lambda`` for DINOv2-B_decXL's schedule (cosine,
+    warmup_epochs 1, decay_end_epoch 16, base_lr 2e-4, final_lr 2e-5, warmup_from_zero) at our preset's 625
+    batches per epoch. ``step`` counts that scheduler's ``step()`` calls: G's after every batch, D's after every
+    D update only (``train_stage1.py``), so the n-th D update (0-based) trains at ``lr_lambda(n)``."""
+    warmup_steps, decay_end_steps, final_ratio = 1 * 625, 16 * 625, 2e-5 / 2e-4
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if step >= decay_end_steps:
+        return final_ratio
+    progress = (step - warmup_steps) / max(decay_end_steps - warmup_steps, 1)
+    return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def test_discriminator_schedule_counts_its_updates_as_the_reference() -> None:
+    cfg = load_config("rae")
+    recipe = get_recipe("rae")(cfg, "1")  # phase_active needs no networks
+    total, peak = 16 * 625, cfg.train.d_learning_rate
+    clocks = {p: ScheduleClock(cfg.stage_optimizer("1", p).count, partial(recipe.phase_active, p)) for p in "gd"}
+    start = cfg.stage_loss("1").disc_start  # disc_upd_start 6 epochs x 625
+    for batch in (start, start + 1, start + 624, start + 625, 5000, 7500, total - 1):
+        ours = lr_at(clocks["d"](batch), peak, total, cfg.stage_optimizer("1", "d")) / peak
+        # rel 3e-4: our cosine ends at the stage's last batch, the reference's one step later (span 9374 vs 9375)
+        assert ours == pytest.approx(reference_lr_ratio(batch - start), rel=3e-4), batch
+    d_lr = [lr_at(clocks["d"](b), 1.0, total, cfg.stage_optimizer("1", "d")) for b in (start, start + 624, total - 1)]
+    assert d_lr == pytest.approx([1 / 625, 1.0, 0.411], abs=1e-3)  # from 0, hot after one epoch, 60 % of the cosine
+    for batch in (0, 624, 3750, total - 1):  # the generator's clock is the stage's batches
+        ours = lr_at(clocks["g"](batch), 1.0, total, cfg.stage_optimizer("1", "g"))
+        assert clocks["g"](batch) == batch and ours == pytest.approx(reference_lr_ratio(batch), rel=3e-4)
+
+
+def test_schedule_clock_recounts_after_a_resume() -> None:
+    calls: list[int] = []
+
+    def active(b: int) -> bool:
+        calls.append(b)
+        return b % 3 == 0  # a phase that runs every third batch
+
+    clock = ScheduleClock("updates", active)
+    assert [clock(b) for b in (0, 1, 4, 7)] == [0, 1, 2, 3]  # batches 0, 3, 6 ran before 7
+    assert calls == list(range(7))  # each batch asked once: O(1) per step
+    assert clock(4) == 2 and clock(7) == 3  # an earlier batch (a resumed run) recounts from 0
+    assert ScheduleClock("batches", active)(11) == 11
+
+
+def tiny_recipe(*sets: str, **loss: object):
+    """The demo recipe built, by default on whole images with the token cache (``sets`` override that)."""
+    base = ["augment.random_crop=false", "encoder.cache_tokens=true"]
+    cfg = load_config("rae_demo", [*base, *sets, *(f"loss.{k}={v}" for k, v in loss.items())])
     recipe = get_recipe("rae")(cfg, "1")
     torch.manual_seed(0)
     recipe.attach(recipe.build())
@@ -185,9 +238,18 @@ def test_shared_feature_cache_serves_the_tokens(tmp_path) -> None:
     cache = recipe.prepare_feature_cache(u8.numpy(), tmp_path, torch.device("cpu"), progress=False)
     assert cache is not None and list((tmp_path / "cache/features").glob("rae_tokens_32px*"))
     x = u8.permute(0, 3, 1, 2).float() / 127.5 - 1
-    got = recipe.tokens(x[[2, 0]])
+    got = recipe.tokens(x[[2, 0]], x[[2, 0]])
     torch.testing.assert_close(got, recipe.rae.encode_tokens(x[[2, 0]]), rtol=2e-3, atol=2e-3)  # stored as float16
     assert recipe.token_cache is not None and len(recipe.token_cache) == 0  # the in-RAM cache was not needed
     off = get_recipe("rae")(load_config("rae_demo", ["encoder.cache_tokens=false"]), "1")
     off.attach(off.build())
     assert off.prepare_feature_cache(u8.numpy(), tmp_path, torch.device("cpu"), progress=False) is None
+
+
+def test_random_crops_refuse_the_token_cache_and_gelu_is_the_references() -> None:
+    with pytest.raises(AetuneError, match="encoder.cache_tokens .* must be false"):
+        tiny_recipe("augment.random_crop=true")
+    act = tiny_recipe().features.vit.blocks[0].mlp.act
+    assert "Tanh" in type(act).__name__  # the reference's tanh GELU by default
+    exact = tiny_recipe("discriminator.tanh_gelu=false").features.vit.blocks[0].mlp.act
+    assert type(exact) is torch.nn.GELU and exact.approximate == "none"  # DINO's own, one option away

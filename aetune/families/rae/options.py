@@ -13,8 +13,15 @@ class RAEEncoderConfig:
 
     pretrained: bool = True  # False = random encoder: only by explicit choice (demo preset), and outputs say so
     weights_path: str | None = None  # local encoder file (offline Kaggle); None = the Hugging Face cache (step 2)
-    cache_tokens: bool = True  # encode each training image once per stage and reuse its tokens (no augmentation)
+    cache_tokens: bool = True  # encode each training image once per stage and reuse its tokens (no random crops)
     cache_gb: float = field(default=8.0, metadata=bounds(0.0))  # RAM for cached tokens: ~0.79 MB per 256 px image
+
+
+@dataclass
+class RAEAugmentConfig:
+    """What the decoder trains on (the reference: resize to 384 bicubic, random crop 256)."""
+
+    random_crop: bool = False  # True: a random window of the 1.5 x resize per step (needs encoder.cache_tokens false)
 
 
 @dataclass
@@ -24,7 +31,7 @@ class RAEDiscriminatorConfig:
     pretrained: bool = True  # DINO ViT-S/8 weights; False = random backbone (demo, tests), and outputs say so
     weights_path: str | None = None  # local vit_small_patch8_224.dino file; None = the Hugging Face cache
     kernel_size: int = field(default=9, metadata=bounds(1, 63))  # residual head conv, released value
-    tanh_gelu: bool = False  # the reference's tanh GELU in the DINO MLP (DINO was trained with exact GELU)
+    tanh_gelu: bool = True  # the reference's tanh GELU in the DINO MLP; False: exact, as DINO was trained
     img_size: int = field(default=0, metadata=bounds(0, 1024))  # 0 = 224; smaller only for a random backbone
     depth: int = field(default=0, metadata=bounds(0, 12))  # 0 = 12 blocks; fewer only for a random backbone
     width: int = field(default=0, metadata=bounds(0, 1024))  # 0 = 384; smaller only for a random backbone
@@ -62,11 +69,13 @@ register_schema(
                 "patch_size": 8,
             }
         },
-        "encoder": {"pretrained": False},
+        "encoder": {"pretrained": False, "cache_tokens": False},
+        "augment": {"random_crop": True},  # the preset's path: crops drawn per batch must resume exactly
         "discriminator": {"pretrained": False, "img_size": 32, "depth": 3, "width": 32, "heads": 2},
         "loss": {"perceptual_weight": 0.0, "lpips_pretrained": False, "disc_start": 0, "gan_start": 0},
     },  # fmt: skip
     loss=RAELossConfig,
     encoder=RAEEncoderConfig,
     discriminator=RAEDiscriminatorConfig,
+    augment=RAEAugmentConfig,
 )

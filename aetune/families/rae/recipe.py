@@ -1,10 +1,13 @@
 """Recipe of ``rae``: train the ViT decoder behind a frozen representation encoder (bytetriper/RAE stage 1).
 
+Input: images of any size; with ``augment.random_crop`` a random window of their 1.5 x resize per step (the
+reference's 384 -> 256 crops), else the whole image resized to the model's size (as validation always).
 Generator phase: raw encoder tokens + noise ``z + tau * u * n`` -> decoder -> L1 + LPIPS, then the adaptive
 GAN term (weight 0.75) from ``gan_start``, with the discriminator in eval mode on a DiffAugmented
 reconstruction. Discriminator phase (from ``disc_start``): the decoder again on the clean tokens (no
-noise, no gradient), clamped and rounded to 8 bit; real and fake DiffAugmented; hinge loss; one
-discriminator call for both, whose heads normalise each sample on its own. Numbers: ``tests/test_rae_recipe.py``.
+noise, no gradient), clamped and rounded to 8 bit; real (the generator phase's view) and fake DiffAugmented;
+hinge loss; one discriminator call for both, whose heads normalise each sample on its own. Numbers:
+``tests/test_rae_recipe.py``.
 
 Differences from the reference, because the generic module steps both optimisers at the end of the batch:
 its discriminator sees a reconstruction made after the generator update, ours one made before it (one step
@@ -24,13 +27,14 @@ from torch import Tensor, nn
 from aetune.data.cache import to_model_range
 from aetune.data.feature_cache import FeatureCache, to_uint8
 from aetune.errors import AetuneError
+from aetune.families.rae.augment import random_crops, resize_images
 from aetune.families.rae.discriminator import DinoFeatures, DinoHeads, diff_augment
 from aetune.families.rae.loading import load_rae_weights
 from aetune.families.rae.losses import quantize_fakes, rae_generator_objective
 from aetune.families.rae.model import RAE
 from aetune.families.rae.token_cache import TokenCache
 from aetune.losses import build_lpips, hinge_d_loss
-from aetune.models import create_autoencoder
+from aetune.models import Autoencoder, create_autoencoder
 from aetune.recipes import register_recipe
 from aetune.recipes.base import Networks, PhaseResult, Recipe, StepContext, frozen
 
@@ -44,6 +48,11 @@ class RAERecipe(Recipe):
 
     def build(self) -> Networks:
         cfg = self.cfg
+        if cfg.augment.random_crop and cfg.encoder.cache_tokens:
+            raise AetuneError(
+                "augment.random_crop gives the encoder a new window of each image every step, so encoder.cache_tokens "
+                "(one view per image) must be false"
+            )
         autoencoder = create_autoencoder("rae", **cfg.model.args)
         assert isinstance(autoencoder, RAE)
         self._load_encoder(autoencoder)
@@ -99,9 +108,14 @@ class RAERecipe(Recipe):
         return 0 <= self.loss.gan_start <= batch
 
     def inputs(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        """(uint8 images (B, 3, H, W), labels) -> the images in [-1, 1], twice (reconstruction)."""
+        """(uint8 images (B, 3, H, W) of any size, labels) -> (the images in [-1, 1], the same resized to the model's
+        (B, 3, S, S)): crops are taken from the first, the whole-image target is the second (``resize_images``)."""
         x = to_model_range(batch[0])
-        return x, x
+        return x, resize_images(x, self.rae.image_size)
+
+    def reconstruct(self, autoencoder: Autoencoder, x: Tensor) -> Tensor:
+        """Validation: images of any size in [-1, 1] -> the reconstruction (B, 3, S, S) of their resize to S."""
+        return super().reconstruct(autoencoder, resize_images(x, self.rae.image_size))
 
     @property
     def rae(self) -> RAE:
@@ -124,27 +138,33 @@ class RAERecipe(Recipe):
             return None
         model = self.rae
         model.encoder.to(device)
-        size = images.shape[1]
+        size, view = images.shape[1], model.image_size
         settings = {"encoder": model.encoder.name, "input_size": model.encoder.input_size, "image_size": size}
+        settings["view_size"] = view  # the encoder sees each image resized to the model's size
         self.feature_cache = FeatureCache.build_or_load(
             work_dir, f"rae_tokens_{size}px", model.encoder, settings, images,
-            lambda u8: model.encode_tokens(to_model_range(u8)), device=device, progress=progress,
+            lambda u8: model.encode_tokens(resize_images(to_model_range(u8), view)), device=device, progress=progress,
         )  # fmt: skip
         return self.feature_cache
 
-    def tokens(self, x: Tensor, keys: Tensor | None = None) -> Tensor:
-        """Raw tokens (B, C, g, g) of images in [-1, 1]: from the shared cache when it holds the whole batch, else
-        from the in-RAM token cache (each image encoded once per stage), else from the encoder."""
+    def tokens(self, x: Tensor, view: Tensor, keys: Tensor | None = None) -> Tensor:
+        """Raw tokens (B, C, g, g) of ``view``, the model-size resize (B, 3, S, S) of the loader's images ``x``
+        (both in [-1, 1]): from the shared cache (keyed by ``x``) when it holds the whole batch, else from the
+        in-RAM token cache (each image encoded once per stage), else from the encoder."""
         if self.feature_cache is not None:
             cached = self.feature_cache.lookup(to_uint8(x), keys)
             if cached is not None:
                 return cached
         if self.token_cache is not None:
-            return self.token_cache.tokens(x, self.rae.encode_tokens)
-        return self.rae.encode_tokens(x)
+            return self.token_cache.tokens(view, self.rae.encode_tokens)
+        return self.rae.encode_tokens(view)
 
     def generator_step(self, x: Tensor, target: Tensor, ctx: StepContext) -> PhaseResult:
-        tokens = self.tokens(x, ctx.keys)  # (B, C, g, g) raw; the frozen encoder has no gradient
+        if self.cfg.augment.random_crop:
+            target = random_crops(x, self.rae.image_size, ctx.generator)  # (B, 3, S, S), a new window every step
+            tokens = self.rae.encode_tokens(target)  # nothing to cache: build() refuses the token cache
+        else:
+            tokens = self.tokens(x, target, ctx.keys)  # (B, C, g, g) raw; the frozen encoder has no gradient
         noisy = self.rae.add_noise(tokens, ctx.generator) if self.loss.token_noise else tokens
         x_rec = self.rae.decode_tokens(noisy)  # (B, 3, S, S) in [-1, 1]
         logits_fake = None
@@ -166,10 +186,11 @@ class RAERecipe(Recipe):
         )
         parts = terms.pop("parts", {})
         total = terms.pop("total")
-        return PhaseResult(total, terms, parts, {"tokens": tokens})  # type: ignore[arg-type]
+        return PhaseResult(total, terms, parts, {"tokens": tokens, "real": target})  # type: ignore[arg-type]
 
     def discriminator_step(self, x: Tensor, target: Tensor, g: PhaseResult, ctx: StepContext) -> PhaseResult:
-        """Hinge loss on real images and the clean, 8-bit reconstruction, both DiffAugmented."""
+        """Hinge loss on the generator phase's view of the images and their clean, 8-bit reconstruction, both
+        DiffAugmented."""
         assert self.discriminator is not None
         self.discriminator.train()
         with torch.no_grad():
@@ -178,7 +199,7 @@ class RAERecipe(Recipe):
                 fake = quantize_fakes(fake)
             both = torch.cat(
                 [
-                    diff_augment(target, self.loss.diffaug_prob, ctx.generator),
+                    diff_augment(g.carry["real"], self.loss.diffaug_prob, ctx.generator),
                     diff_augment(fake, self.loss.diffaug_prob, ctx.generator),
                 ]
             )

@@ -1,10 +1,11 @@
 """Frozen-encoder outputs kept by image content, so each image pays the encoder pass once per stage.
 
-RAE's encoder is frozen and sees un-augmented images, so its tokens of an image are the same every epoch;
-caching them leaves a decoder pass per step. Keys are a BLAKE2b digest of the image tensor's bytes, so
-a changed image is a new entry, never a stale hit. The cache lives in RAM, holds float32 tokens on the CPU
-(exactly what the encoder returned), and stops adding entries at its byte budget (said once), after which
-the images that are not cached are encoded every time.
+RAE's encoder is frozen and, without random crops (``augment.random_crop``: the recipe refuses both), sees each
+image the same way every epoch, so its tokens of an image never change; caching them leaves a decoder pass per
+step. Keys are a BLAKE2b digest of the image tensor's bytes, so a changed image is a new entry, never a stale
+hit. The cache lives in RAM, holds float32 tokens on the CPU (exactly what the encoder returned), and stops
+adding entries at its byte budget (said once), after which the images that are not cached are encoded every
+time.
 """
 
 from __future__ import annotations
