@@ -235,7 +235,11 @@ def test_recipe_objectives_match_a_hand_computation() -> None:
     assert "gan" not in run(1).parts  # before disc_start
     d = recipe.discriminator_step(x, slices, g, StepContext(2, torch.Generator().manual_seed(0)))
     real, fake = lsq(recipe.discriminator(x), 0.05), lsq(recipe.discriminator(rec.detach()), 0.05)
-    torch.testing.assert_close(d.total, 0.5 * (torch.mean((real - 1) ** 2) + torch.mean(fake**2)))
+    d_loss = 0.5 * (torch.mean((real - 1) ** 2) + torch.mean(fake**2))
+    torch.testing.assert_close(d.total, 0.5 * d_loss)  # times the adversarial weight, as MONAI's notebooks
+    torch.testing.assert_close(d.logs["d_loss"], d_loss)
+    recipe.loss.d_loss_weighted = False
+    torch.testing.assert_close(recipe.discriminator_step(x, slices, g, StepContext(2, torch.Generator())).total, d_loss)
     assert recipe.reconstruct(ae, x).shape == slices.shape
     assert recipe.notes() == {"random_teacher": True, "random_perceptual": True}
 
@@ -250,38 +254,68 @@ def test_memory_probe_grid_rows_and_table() -> None:
     from aetune.tools import memory_probe as mp
 
     args = mp.parse_args(
-        ["--family", "kl3d", "--resolution", "32,32,16", "--channels", "8,16", "--amp", "off",
-         "--checkpointing", "on,off", "--perceptual", "off,on", "--disc", "2x8"]
+        ["--family", "kl3d", "--resolution", "32,32,16", "64,64,32", "--batch_size", "1,2", "--channels", "8,16",
+         "16,32", "--amp", "off", "--checkpointing", "on,off", "--perceptual", "off,on", "--disc", "off,2x8"]
     )  # fmt: skip
     specs = mp.grid(args)
-    assert len(specs) == 4 and {(s["checkpointing"], s["perceptual"]) for s in specs} == {
-        (True, False), (True, True), (False, False), (False, True)
-    }  # fmt: skip
+    assert len(specs) == 2 * 2 * 2 * 2 * 2 * 2  # resolutions, batches, channels, checkpointing, perceptual, D
+    assert {tuple(s["sizes"]) for s in specs} == {(32, 32, 16), (64, 64, 32)}
+    assert {s["batch_size"] for s in specs} == {1, 2} and {tuple(s["channels"]) for s in specs} == {(8, 16), (16, 32)}
+    assert {s["disc"] for s in specs if isinstance(s["disc"], str)} == {"off"}
     with pytest.raises(AetuneError, match="--amp takes on, off or on,off"):
         mp.grid(mp.parse_args(["--family", "kl3d", "--resolution", "8,8,8", "--amp", "yes"]))
+    with pytest.raises(AetuneError, match="--resolution items are S or D,H,W, got '8,8'"):
+        mp.grid(mp.parse_args(["--family", "kl3d", "--resolution", "8,8,8", "8,8"]))
+    gib = 2**30
+    ran = {"discriminator": 9, "perceptual": 3}
     rows = [
-        (specs[0], {"status": "ok", "peak_rss_over_baseline": 3 * 2**30, "step_s": 1.0, "device": "cpu"}),
+        (specs[0], {"status": "ok", "peak_rss_over_baseline": 3 * gib, "weights": gib, "step_s": 1.0,
+                    "device": "cpu", "forwards": ran}),
         (specs[1], {"status": "oom"}),
-        (specs[2], {"status": "ok", "peak_rss_over_baseline": 2**30, "step_s": 2.0, "device": "cpu"}),
-    ]
-    table = mp.format_table(rows).splitlines()
-    assert "NOT GPU memory" in table[0] and table[1].split()[:4] == ["amp", "ckpt", "perceptual", "D"]
-    assert [line.split()[5] for line in table[2:4]] == ["1.00", "3.00"] and table[4].split()[4] == "oom"
+        (specs[2], {"status": "ok", "peak_rss_over_baseline": gib, "weights": 0, "step_s": 2.0, "device": "cpu",
+                    "forwards": {"discriminator": 0, "perceptual": 0}}),
+    ]  # fmt: skip
+    table = mp.format_table(rows, target_gb=4).splitlines()
+    assert "NOT GPU memory" in table[0] and table[1].split()[:8] == [
+        "resolution", "batch", "channels", "amp", "ckpt", "perceptual", "D", "phases"
+    ]  # fmt: skip
+    cheap, dear, oom = (line.split() for line in table[2:5])
+    # projected = weights + peak RSS + 0.5 GiB context; 90 % of 4 GiB = 3.6 GiB usable
+    assert (
+        cheap[2] == "8,16"
+        and cheap[7] == "G"
+        and cheap[9:11] == ["1.00", "1.50"]
+        and cheap[12:] == ["yes", "(2.1", "left)"]
+    )
+    assert dear[7] == "G+D+perceptual" and dear[9:11] == ["3.00", "4.50"] and dear[12:] == ["no", "(+0.9)"]
+    assert oom[8] == "oom"
+    advice = mp.advice(rows, 4).splitlines()
+    assert advice[0] == "target 4 GiB (3.6 GiB usable, projected from CPU): 1 of 3 rows fit, fastest first:"
+    assert advice[1].startswith("  res=32x32x16, batch=1, channels=8,16") and advice[1].endswith("(2.1 GiB left)")
+    gpu_row = {"status": "ok", "max_reserved": 10 * gib, "fixed": 2 * gib, "per_item": 4 * gib}
+    assert mp.needed_bytes(gpu_row) == 10 * gib and mp.max_batch(gpu_row, 24 * gib) == 4  # (21.6 - 2) // 4
 
 
-def test_memory_probe_runs_a_step_and_reports_a_failure_as_a_row() -> None:
+@pytest.mark.filterwarnings("ignore:kl3d perceptual loss with a random")
+def test_memory_probe_measures_the_phases_it_names_over_the_stage_settings() -> None:
+    """kl3d's stage 1 is the warm-up (disc_start -1, and kl3d_quality's has no perceptual loss): the probe's
+    switches must still run the discriminator and the perceptual network (3 steps: D sees the fake in G's phase,
+    real and fake in its own; the perceptual loss runs once a step), and ``--disc off`` must run neither D."""
     from aetune.tools import memory_probe as mp
 
-    spec = mp.grid(
-        mp.parse_args(
-            ["--family", "kl3d", "--config", "kl3d_demo", "--resolution", "16,16,16", "--amp", "off",
-             "--checkpointing", "on", "--set", "model.args.with_decoder_nonlocal_attn=false"]
-        )
-    )[0]  # fmt: skip
-    row = mp.measure(spec)  # in this process: the subprocess only isolates it
+    def spec(*extra: str) -> dict:
+        argv = ["--family", "kl3d", "--config", "kl3d_quality", "--stage", "1", "--resolution", "24,24,24",
+                "--channels", "8,16", "--set", "model.args.norm_num_groups=4", "--amp", "off", "--checkpointing",
+                "off", *extra]  # fmt: skip
+        return mp.grid(mp.parse_args(argv))[0]
+
+    row = mp.measure(spec("--perceptual", "on", "--disc", "2x8"))  # in this process: the subprocess only isolates it
     assert row["status"] == "ok" and row["device"] == "cpu" and row["step_s"] > 0
-    assert row["peak_rss_over_baseline"] > 0
-    bad = mp.run_one({**spec, "set": ["model.args.norm_num_groups=3"]}, timeout=300)
+    assert row["forwards"] == {"discriminator": 9, "perceptual": 3} and mp.phases(row) == "G+D+perceptual"
+    assert row["peak_rss_over_baseline"] > 0 and row["weights"] > 0
+    warm_up = mp.measure(spec("--perceptual", "off", "--disc", "off"))
+    assert warm_up["forwards"] == {"discriminator": 0} and mp.phases(warm_up) == "G"
+    bad = mp.run_one({**spec(), "set": ["model.args.norm_num_groups=3"]}, timeout=300)
     assert bad["status"] == "failed (exit 2)" and "norm_num_groups=3 must divide" in bad["detail"]
 
 

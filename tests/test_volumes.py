@@ -141,6 +141,26 @@ def test_normalize_intensity_clips_percentiles_to_minus_one_one() -> None:
         normalize_intensity(data, (50.0, 10.0))
 
 
+def test_unclipped_intensity_is_monai_tutorials_mapping(tmp_path: Path) -> None:
+    """``clip=False`` with (0, 99.5): MONAI's ScaleIntensityRangePercentilesd(0, 99.5, 0, 1) without clipping,
+    mapped to [-1, 1]: the minimum is -1, the 99.5th percentile 1, brighter voxels above 1; served as such."""
+    data = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
+    out = normalize_intensity(data, (0.0, 99.5), clip=False)
+    hi = np.percentile(data, 99.5)
+    assert out.dtype == np.float32 and out.min() == -1.0
+    assert out[9, 9, 9] == pytest.approx(999 / hi * 2 - 1, abs=1e-6) and out[9, 9, 9] > 1.0
+    np.testing.assert_allclose(out, data / hi * 2 - 1, atol=1e-5)
+    from aetune.data.kinds.volume import _load
+    from aetune.data.volumes import transform_from_args
+
+    args = type("Args", (), {"volume_percentiles": "0,99.5", "volume_clip": "off", "volume_spacing": None,
+                             "volume_shape": None})()  # fmt: skip
+    transform = transform_from_args(args)
+    assert transform == VolumeTransform((0.0, 99.5), None, None, clip=False)
+    served = _load(save_npy(tmp_path / "v.npy", data), transform, (10, 10, 10))
+    assert served.dtype == np.float16 and float(served.max()) > 1.0  # not clipped on the way to the batch
+
+
 def test_resample_and_crop_or_pad() -> None:
     data = blob((20, 16, 10))
     assert resample_to_spacing(data, (1.0, 1.0, 3.0), (2.0, 2.0, 1.5)).shape == (10, 8, 20)
@@ -198,7 +218,8 @@ def test_volume_kind_serves_the_stage_resolution_from_ram_and_file(tmp_path: Pat
     assert [r[0] for r in summary.rows] == ["class_0", "class_1"] and summary.rejected == 0  # not phantoms.json
     doc = json.loads((work / "data" / "dataset.json").read_text())
     assert doc["kind"] == "volume" and doc["volume"]["shape"] == [16, 16, 8]
-    assert doc["volume"]["transform"] == {"percentiles": [0.5, 99.5], "spacing": None, "shape": [16, 16, 8]}
+    want = {"percentiles": [0.5, 99.5], "spacing": None, "shape": [16, 16, 8], "clip": True}
+    assert doc["volume"]["transform"] == want
     prepared = load_prepared(work)
     assert stage_shape((256, 256, 64), 128) == (128, 128, 32)
     ram = volume_dataset(prepared, "train", 16, "ram", work, False)

@@ -304,16 +304,21 @@ def scan_volumes(data_root: str | Path, progress: bool = True) -> ScanResult:
     return result
 
 
-def normalize_intensity(data: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
-    """Clip to the volume's own intensity percentiles and map them linearly to [-1, 1].
+def normalize_intensity(
+    data: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5), clip: bool = True
+) -> np.ndarray:
+    """Map the volume's own intensity percentiles linearly to [-1, 1], clipping what lies outside them.
 
     Args:
         data: (D, H, W) voxels, not constant.
         percentiles: (low, high) in [0, 100], low < high; (0, 100) is plain min-max scaling.
+        clip: False keeps voxels beyond the percentiles beyond [-1, 1], as MONAI's 3-D tutorials
+            (``ScaleIntensityRangePercentilesd(lower=0, upper=99.5, b_min=0, b_max=1)``, ``clip=False``).
 
     Returns:
-        (D, H, W) float32 in [-1, 1]. When the two percentiles coincide (a volume that is mostly one value,
-        e.g. a small object on a flat background) the full min-max range is used, so the object survives.
+        (D, H, W) float32, in [-1, 1] when ``clip``. When the two percentiles coincide (a volume that is mostly
+        one value, e.g. a small object on a flat background) the full min-max range is used, so the object
+        survives.
 
     Raises:
         ValueError: bad percentiles, or a constant volume.
@@ -326,6 +331,8 @@ def normalize_intensity(data: np.ndarray, percentiles: tuple[float, float] = (0.
         lo, hi = float(data.min()), float(data.max())
     if hi <= lo:
         raise ValueError(f"constant volume (every voxel is {lo:g}): nothing to normalise")
+    if not clip:
+        return ((data.astype(np.float32) - lo) / (hi - lo) * 2.0 - 1.0).astype(np.float32)
     out = (np.clip(data, lo, hi).astype(np.float32) - lo) / (hi - lo) * 2.0 - 1.0
     return np.clip(out, -1.0, 1.0)  # rounding may step a hair outside
 
@@ -375,21 +382,19 @@ def crop_or_pad(data: np.ndarray, shape: tuple[int, int, int], pad_value: float 
 class VolumeTransform:
     """How a volume becomes a model input; recorded in ``config.yaml`` by the recipe that uses it.
 
-    Order: resample to ``spacing`` (if set), normalise with ``percentiles``, then crop / pad to ``shape``
-    (if set), padding with -1 (background).
+    Order: resample to ``spacing`` (if set), normalise with ``percentiles`` (clipped unless ``clip`` is off),
+    then crop / pad to ``shape`` (if set), padding with -1 (background).
     """
 
-    percentiles: tuple[float, float] = (
-        0.5,
-        99.5,
-    )  # robust to a few hot voxels
+    percentiles: tuple[float, float] = (0.5, 99.5)  # robust to a few hot voxels; MONAI's tutorials: (0, 99.5)
     spacing: tuple[float, float, float] | None = None  # target voxel size; None keeps each file's grid
     shape: tuple[int, int, int] | None = None  # final (D, H, W); None keeps the resampled size
+    clip: bool = True  # False: MONAI's tutorials, voxels above the high percentile stay above 1
 
     def __call__(self, vol: Volume) -> np.ndarray:
-        """``vol`` -> (D, H, W) float32 in [-1, 1]."""
+        """``vol`` -> (D, H, W) float32 in [-1, 1] (beyond it where ``clip`` is off)."""
         data = resample_to_spacing(vol.data, vol.spacing, self.spacing) if self.spacing else vol.data
-        data = normalize_intensity(data, self.percentiles)
+        data = normalize_intensity(data, self.percentiles, self.clip)
         return crop_or_pad(data, self.shape) if self.shape else data
 
 
@@ -409,7 +414,13 @@ def add_volume_args(p: Any) -> None:
     g = p.add_argument_group("volumes (--family kl3d; docs/kl3d.md)")
     g.add_argument("--volume_spacing", help="resample to this voxel size, e.g. 1,1,2 (file units, usually mm)")
     g.add_argument("--volume_shape", help="then centre-crop / pad to D,H,W (needed when shapes differ)")
-    g.add_argument("--volume_percentiles", default="0.5,99.5", help="intensity clip percentiles mapped to [-1, 1]")
+    g.add_argument("--volume_percentiles", default="0.5,99.5", help="intensity percentiles mapped to [-1, 1]")
+    g.add_argument(
+        "--volume_clip",
+        choices=["on", "off"],
+        default="on",
+        help="clip to the percentiles; off = MONAI's tutorials (0,99.5 unclipped: bright voxels above 1)",
+    )
     g.add_argument("--phantom_shape", default="32,32,32", help="--synthetic phantoms: voxels per axis")
     g.add_argument("--phantom_classes", type=int, default=2, help="--synthetic phantoms: classes (k lesions)")
     g.add_argument("--phantoms_per_class", type=int, default=16, help="--synthetic phantoms: volumes per class")
@@ -427,4 +438,4 @@ def transform_from_args(args: Any) -> VolumeTransform:
         )
     spacing = parse_triple(args.volume_spacing, "--volume_spacing", float) if args.volume_spacing else None
     shape = parse_triple(args.volume_shape, "--volume_shape", int) if args.volume_shape else None
-    return VolumeTransform((low, high), spacing, shape)
+    return VolumeTransform((low, high), spacing, shape, clip=args.volume_clip == "on")

@@ -1,20 +1,29 @@
 """Measure the memory and time of one full training step for a grid of options, one subprocess per configuration.
 
-    python -m aetune.tools.memory_probe --family kl3d --resolution 256,256,64 --batch_size 1 --channels 16,32,64
+    python -m aetune.tools.memory_probe --family kl3d --resolution 128,128,64 256,256,64 --batch_size 1,2 \\
+        --channels 16,32,64 32,64,64 --target_gb 24
     python -m aetune.tools.memory_probe --family kl3d --resolution 96,96,64 --amp on,off --checkpointing on,off \\
-        --perceptual off,on --disc 2x16,3x32
+        --perceptual off,on --disc off,2x16,3x32
     python -m aetune.tools.memory_probe --family kl --resolution 256 --batch_size 4
 
-A step is what step 4 does for one batch: the generator phase (forward, objective, backward, optimizer step),
-then the discriminator phase when the recipe has one (the adversarial part switched on). It runs three times
-(the first warms up allocators and kernels); the faster of the other two is the step time. On a GPU the table
-gives the peak of ``max_memory_allocated`` and ``max_memory_reserved`` and the largest batch that fits the card
-with 10 % headroom, extrapolated linearly from the memory that does not depend on the batch (weights and
-optimizer states, measured after the step) and the per-item rest. Without a GPU it gives the peak resident
-memory of the process over its resident memory once the networks and the batch are built: not GPU memory, but
-the ranking of the options roughly holds, since activations dominate both. A configuration that runs out of
-memory is a row, not a crash. The perceptual network is built with a random trunk (the same memory as the
-pretrained one, no weights needed).
+Every axis takes a list (``--resolution`` and ``--channels`` space-separated, the others comma-separated) and
+every combination is a row. A step is what step 4 does for one batch of the measured stage (``--stage``, default
+the preset's last: the one with every term on): the generator phase (forward, objective, backward, optimizer
+step), then the discriminator phase. The grid's switches are set on that stage, where they win over the preset's
+own stage settings: ``--perceptual on`` builds and runs the perceptual network, ``--disc`` runs the adversarial
+term and the D updates (``off``: the warm-up, generator only). Each row counts the forwards of the discriminator
+and the frozen networks, so the ``phases`` column shows what was measured, not what was asked.
+
+A step runs three times (the first warms up allocators and kernels); the faster of the other two is the step
+time. On a GPU the table gives the peak of ``max_memory_allocated`` and ``max_memory_reserved`` and the largest
+batch that fits the card (or ``--target_gb``) with 10 % headroom, extrapolated linearly from the memory that does
+not depend on the batch (weights and optimizer states, measured after the step) and the per-item rest. Without a
+GPU it gives the peak resident memory of the process over its resident memory once the networks and the batch
+are built, and projects a GPU figure from it: the networks' weights + that peak (gradients, Adam states and
+activations, at the step's precision) + ``CUDA_CONTEXT_GIB``; a projection, to confirm on the GPU. With
+``--target_gb`` each row says whether it fits that card with 10 % headroom, and by how much. A configuration that
+runs out of memory is a row, not a crash. The perceptual network is built with a random trunk (the same memory as
+the pretrained one, no weights needed).
 """
 
 from __future__ import annotations
@@ -32,6 +41,9 @@ from aetune.errors import AetuneError
 HEADROOM = 0.9
 """Fraction of the card a recommended batch may use (10 % headroom for fragmentation and other processes)."""
 RESULT_PREFIX = "MEMORY_PROBE_RESULT "
+CUDA_CONTEXT_GIB = 0.5
+"""What the CUDA context and cuDNN/cuBLAS handles take on a card before any tensor (a typical figure, not
+measured here): added to the CPU projection."""
 
 
 def _switch(text: str, flag: str) -> list[bool]:
@@ -54,17 +66,31 @@ def _ints(text: str, flag: str) -> list[int]:
     return values
 
 
-def _discs(text: str) -> list[tuple[int, int] | None]:
-    out: list[tuple[int, int] | None] = []
+def _discs(text: str) -> list[tuple[int, int] | str]:
+    """``--disc`` items: ``"preset"`` (the preset's discriminator), ``"off"`` (generator only), or (layers, width)."""
+    out: list[tuple[int, int] | str] = []
     for part in text.split(","):
-        if part == "preset":
-            out.append(None)
+        if part in ("preset", "off"):
+            out.append(part)
             continue
         try:
             layers, width = (int(v) for v in part.lower().split("x"))
         except ValueError:
-            raise AetuneError(f"--disc takes LAYERSxWIDTH items (e.g. 2x16,3x32) or 'preset', got '{part}'") from None
+            raise AetuneError(
+                f"--disc takes LAYERSxWIDTH items (e.g. 2x16,3x32), 'preset' or 'off', got '{part}'"
+            ) from None
         out.append((layers, width))
+    return out
+
+
+def _sizes(items: list[str]) -> list[list[int]]:
+    """``--resolution`` items: each S (images) or D,H,W (volumes)."""
+    out = []
+    for item in items:
+        sizes = _ints(item, "--resolution")
+        if len(sizes) not in (1, 3):
+            raise AetuneError(f"--resolution items are S or D,H,W, got '{item}'")
+        out.append(sizes)
     return out
 
 
@@ -72,13 +98,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", required=True, help="registered family (its default preset is the base)")
     p.add_argument("--config", help="preset name or YAML instead of the family's default preset")
-    p.add_argument("--resolution", required=True, help="input size: S (images, S x S) or D,H,W (volumes)")
-    p.add_argument("--batch_size", type=int, default=1)
-    p.add_argument("--channels", help="model.args.channels (kl3d), e.g. 16,32,64")
+    p.add_argument("--stage", help="the preset's stage to measure (default: its last); the switches below win over it")
+    p.add_argument("--resolution", required=True, nargs="+", help="input sizes: S (images) or D,H,W (volumes), ...")
+    p.add_argument("--batch_size", default="1", help="per-device batch sizes, e.g. 1,2")
+    p.add_argument("--channels", nargs="+", help="model.args.channels lists (kl3d), e.g. 16,32,64 32,64,64")
     p.add_argument("--amp", default="on", help="mixed precision: on, off or on,off (bf16 where supported, else fp16)")
     p.add_argument("--checkpointing", default="on,off", help="activation checkpointing: on, off or on,off")
     p.add_argument("--perceptual", default="off", help="perceptual loss (kl3d): on, off or on,off")
-    p.add_argument("--disc", default="preset", help="discriminator LAYERSxWIDTH list (kl3d), e.g. 2x16,3x32")
+    p.add_argument("--disc", default="preset", help="discriminator: preset, off, LAYERSxWIDTH; a list, e.g. off,2x16")
+    p.add_argument("--target_gb", type=float, help="a card's memory in GiB: which rows fit it with 10 %% headroom")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
@@ -88,14 +116,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def grid(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every combination of the requested switches, as worker specifications."""
-    sizes = _ints(args.resolution, "--resolution")
-    if len(sizes) not in (1, 3):
-        raise AetuneError(f"--resolution is S or D,H,W, got '{args.resolution}'")
-    if args.batch_size < 1:
-        raise AetuneError(f"--batch_size must be >= 1, got {args.batch_size}")
-    channels = _ints(args.channels, "--channels") if args.channels else None
+    """Every combination of the requested lists, as worker specifications."""
+    resolutions = _sizes(args.resolution)
+    batches = _ints(args.batch_size, "--batch_size")
+    channels: list[list[int] | None] = [_ints(c, "--channels") for c in args.channels] if args.channels else [None]
+    if args.target_gb is not None and args.target_gb <= 0:
+        raise AetuneError(f"--target_gb must be positive, got {args.target_gb}")
     combos = itertools.product(
+        resolutions,
+        batches,
+        channels,
         _switch(args.amp, "--amp"),
         _switch(args.checkpointing, "--checkpointing"),
         _switch(args.perceptual, "--perceptual"),
@@ -105,9 +135,10 @@ def grid(args: argparse.Namespace) -> list[dict[str, Any]]:
         {
             "family": args.family,
             "config": args.config,
+            "stage": args.stage,
             "sizes": sizes,
-            "batch_size": args.batch_size,
-            "channels": channels,
+            "batch_size": batch,
+            "channels": chans,
             "amp": amp,
             "checkpointing": ckpt,
             "perceptual": perc,
@@ -115,12 +146,25 @@ def grid(args: argparse.Namespace) -> list[dict[str, Any]]:
             "set": list(args.set),
             "device": args.device,
         }  # fmt: skip
-        for amp, ckpt, perc, disc in combos
+        for sizes, batch, chans, amp, ckpt, perc, disc in combos
     ]
 
 
+def probe_stage(spec: dict[str, Any], cfg: Any) -> str:
+    """The stage a row measures: ``--stage``, else the preset's last (the one with every term on)."""
+    stage = spec["stage"] or list(cfg.train.stages)[-1]
+    cfg.stage(stage)  # one error line naming the plan's stages
+    return stage
+
+
 def _overrides(spec: dict[str, Any], cfg: Any) -> list[str]:
-    """``--set`` strings realising ``spec`` on top of the preset."""
+    """``--set`` strings realising ``spec`` on top of the preset.
+
+    The loss switches are set on the measured stage: a stage's own ``loss`` (a warm-up's ``disc_start: -1``, a
+    stage with ``perceptual_weight: 0``) wins over the top-level section, so setting them there measured nothing.
+    """
+    stage = probe_stage(spec, cfg)
+    loss, at = cfg.stage_loss(stage), f"train.stages.{stage}.loss"
     out = [f"model.gradient_checkpointing={str(spec['checkpointing']).lower()}"]
     if spec["channels"]:
         out.append(f"model.args.channels={spec['channels']}")
@@ -128,17 +172,19 @@ def _overrides(spec: dict[str, Any], cfg: Any) -> list[str]:
         if levels is not None and len(levels) != len(spec["channels"]):
             # the seed's choice: attention at the last level only
             out.append(f"model.args.attention_levels={[False] * (len(spec['channels']) - 1) + [True]}")
-    if "perceptual_weight" in {f for f in vars(cfg.loss)}:
-        weight = (cfg.loss.perceptual_weight or 1.0) if spec["perceptual"] else 0.0
-        out.append(f"loss.perceptual_weight={weight}")
+    if hasattr(loss, "perceptual_weight"):
+        weight = (loss.perceptual_weight or 1.0) if spec["perceptual"] else 0.0  # memory does not depend on it
+        out.append(f"{at}.perceptual_weight={weight}")
         for key in ("perceptual_pretrained", "lpips_pretrained"):
-            if key in vars(cfg.loss):
-                out.append(f"loss.{key}=false")  # a random trunk: the same memory, no weights needed
-    if spec["disc"] is not None:
-        layers, width = spec["disc"]
+            if hasattr(loss, key):
+                out.append(f"{at}.{key}=false")  # a random trunk: the same memory, no weights needed
+    if spec["disc"] not in ("preset", "off"):
+        layers, width = spec["disc"]  # a list once the spec went through JSON to the worker
         out += [f"discriminator.num_layers_d={layers}", f"discriminator.channels={width}"]
-    if "disc_start" in vars(cfg.loss):
-        out.append("loss.disc_start=0")  # measure the step with the discriminator phase on
+    if hasattr(loss, "disc_start"):
+        out.append(f"{at}.disc_start={-1 if spec['disc'] == 'off' else 0}")
+    if hasattr(loss, "adversarial_weight") and spec["disc"] != "off" and loss.adversarial_weight == 0:
+        out.append(f"{at}.adversarial_weight=0.01")  # a zero weight switches the phase off: measure it anyway
     return out + spec["set"]
 
 
@@ -179,7 +225,12 @@ def _reset_peak_rss() -> bool:
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one configuration in this process; returns its row (status ok or oom)."""
+    """Run one configuration in this process; returns its row (status ok or oom).
+
+    The row holds the measured figures (see the module docstring), ``forwards``: network -> forward calls over
+    the three steps (the discriminator and each frozen network), and ``weights``: bytes of every network's
+    parameters and buffers.
+    """
     import torch
 
     from aetune.config import family_schema, load_config
@@ -195,12 +246,24 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     dtype = None
     if spec["amp"]:
         dtype = torch.bfloat16 if (not cuda or torch.cuda.get_device_capability() >= (8, 0)) else torch.float16
-    recipe = get_recipe(spec["family"])(cfg, "1")
+    recipe = get_recipe(spec["family"])(cfg, probe_stage(spec, base))
     nets = recipe.build()
     recipe.attach(nets)
-    for net in (nets.autoencoder, nets.discriminator, *nets.frozen.values()):
-        if net is not None:
-            net.to(device)
+    counted = {"discriminator": nets.discriminator, **nets.frozen}
+    forwards = dict.fromkeys((name for name, net in counted.items() if net is not None), 0)
+
+    def counter(name: str) -> Any:
+        def hook(*_: Any) -> None:
+            forwards[name] += 1
+
+        return hook
+
+    networks = [net for net in (nets.autoencoder, *counted.values()) if net is not None]
+    for net in networks:
+        net.to(device)
+    for name in forwards:
+        counted[name].register_forward_hook(counter(name))  # type: ignore[union-attr]
+    weights = sum(t.numel() * t.element_size() for net in networks for t in (*net.parameters(), *net.buffers()))
     opts = {ph: torch.optim.Adam(recipe.trainable(ph), lr=1e-5) for ph in recipe.phases}
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     batch = _fake_batch(recipe.data_kind, spec["sizes"], spec["batch_size"], nets.autoencoder.in_channels)
@@ -225,7 +288,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             opts["d"].zero_grad(set_to_none=True)
         scaler.update()
 
-    row: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if cuda else "cpu"}
+    row: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "weights": weights}
     try:
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
@@ -241,18 +304,18 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
         row["step_s"] = min(times)
     except torch.OutOfMemoryError as e:
-        return {**row, "status": "oom", "detail": str(e).splitlines()[0][:160]}
+        return {**row, "status": "oom", "detail": str(e).splitlines()[0][:160], "forwards": forwards}
     if cuda:
         total = torch.cuda.get_device_properties(device).total_memory
         peak, reserved = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
         fixed = torch.cuda.memory_allocated(device)  # weights + optimizer states, gradients freed
-        per_item = max(1, (peak - fixed) / spec["batch_size"])
-        row |= {"max_allocated": peak, "max_reserved": reserved, "card": total}
-        row["max_batch"] = max(0, int((HEADROOM * total - fixed) // per_item))
+        per_item = max(1.0, (peak - fixed) / spec["batch_size"])
+        row |= {"max_allocated": peak, "max_reserved": reserved, "card": total, "fixed": fixed, "per_item": per_item}
+        row["max_batch"] = max_batch(row, total)
     else:
         row["peak_rss_over_baseline"] = _status_bytes("VmHWM") - baseline
         row["peak_reset"] = reset
-    return {**row, "status": "ok"}
+    return {**row, "status": "ok", "forwards": forwards}
 
 
 def run_one(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -275,37 +338,99 @@ def _gib(v: float | None) -> str:
     return "-" if v is None else f"{v / 2**30:.2f}"
 
 
-def format_table(rows: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
-    """Rows ranked by peak memory (fitting configurations first), with a header naming what was measured."""
+def max_batch(row: dict[str, Any], card: float) -> int:
+    """The largest batch whose GPU memory stays within ``HEADROOM`` of ``card`` bytes (linear in the batch)."""
+    return max(0, int((HEADROOM * card - row["fixed"]) // row["per_item"]))
+
+
+def needed_bytes(row: dict[str, Any]) -> float | None:
+    """What a row takes on a card: the measured ``max_reserved`` on a GPU; on CPU the projection (weights + peak
+    resident memory over the built networks + ``CUDA_CONTEXT_GIB``); None for a row that did not run."""
+    if row.get("status") != "ok":
+        return None
+    if "max_reserved" in row:
+        return float(row["max_reserved"])
+    return row["weights"] + row["peak_rss_over_baseline"] + CUDA_CONTEXT_GIB * 2**30
+
+
+def phases(row: dict[str, Any]) -> str:
+    """What the step ran, from the forward counts: G, plus D and each frozen network that was called."""
+    ran = [name for name, n in row.get("forwards", {}).items() if n > 0]
+    return "+".join(["G", *("D" if name == "discriminator" else name for name in ran)])
+
+
+def fit_cell(row: dict[str, Any], target: float) -> str:
+    """``yes (3.1 left)`` / ``no (+2.0)``: a row's fit on a ``target``-byte card with ``HEADROOM``, in GiB."""
+    need = needed_bytes(row)
+    if need is None:
+        return "no" if row.get("status") == "oom" else "-"
+    room = HEADROOM * target - need
+    return f"yes ({room / 2**30:.1f} left)" if room >= 0 else f"no (+{-room / 2**30:.1f})"
+
+
+def _label(spec: dict[str, Any]) -> list[str]:
+    disc = spec["disc"] if isinstance(spec["disc"], str) else f"{spec['disc'][0]}x{spec['disc'][1]}"
+    channels = ",".join(map(str, spec["channels"])) if spec["channels"] else "preset"
+    return ["x".join(map(str, spec["sizes"])), str(spec["batch_size"]), channels, "on" if spec["amp"] else "off",
+            "on" if spec["checkpointing"] else "off", "on" if spec["perceptual"] else "off", disc]  # fmt: skip
+
+
+def format_table(rows: list[tuple[dict[str, Any], dict[str, Any]]], target_gb: float | None = None) -> str:
+    """Rows ranked by memory (fitting configurations first), with a header naming what was measured.
+
+    ``target_gb``: add a column saying whether each row fits a card of that many GiB with 10 % headroom (on a
+    GPU from the measured reserved memory, on CPU from the projection) and, on a GPU, its largest batch there.
+    """
     gpu = any("max_allocated" in r for _, r in rows)
-    key = "max_allocated" if gpu else "peak_rss_over_baseline"
-    ranked = sorted(rows, key=lambda sr: (sr[1]["status"] != "ok", sr[1].get(key, 0), sr[1].get("step_s", 0)))
-    head = ["amp", "ckpt", "perceptual", "D", "status"]
-    head += ["max alloc GiB", "max reserved GiB", "step s", "max batch"] if gpu else ["peak RSS GiB", "step s"]
+    ranked = sorted(rows, key=lambda sr: (sr[1]["status"] != "ok", needed_bytes(sr[1]) or 0, sr[1].get("step_s", 0)))
+    head = ["resolution", "batch", "channels", "amp", "ckpt", "perceptual", "D", "phases", "status"]
+    head += ["max alloc GiB", "max reserved GiB"] if gpu else ["peak RSS GiB", "projected GiB"]
+    head += ["step s", "max batch"] if gpu else ["step s"]
+    target = target_gb * 2**30 if target_gb else None
+    if target is not None:
+        head += [f"fits {target_gb:g} GiB"] + (["max batch there"] if gpu else [])
     lines = []
     for spec, r in ranked:
-        disc = "preset" if spec["disc"] is None else f"{spec['disc'][0]}x{spec['disc'][1]}"
-        cells = ["on" if spec["amp"] else "off", "on" if spec["checkpointing"] else "off",
-                 "on" if spec["perceptual"] else "off", disc, r["status"]]  # fmt: skip
+        cells = [*_label(spec), phases(r) if r["status"] == "ok" else "-", r["status"]]
         step = f"{r['step_s']:.2f}" if "step_s" in r else "-"
         if gpu:
             cells += [_gib(r.get("max_allocated")), _gib(r.get("max_reserved")), step, str(r.get("max_batch", "-"))]
         else:
-            cells += [_gib(r.get("peak_rss_over_baseline")), step]
+            cells += [_gib(r.get("peak_rss_over_baseline")), _gib(needed_bytes(r)), step]
+        if target is not None:
+            cells.append(fit_cell(r, target))
+            if gpu:
+                cells.append(str(max_batch(r, target)) if "per_item" in r else "-")
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    spec0, r0 = rows[0]
-    where = r0.get("device", "?")
-    size = "x".join(map(str, spec0["sizes"]))
+    where = rows[0][1].get("device", "?")
     note = (
         f"GPU {where} ({_gib(next((r['card'] for _, r in rows if 'card' in r), None))} GiB); max batch: 10 % headroom"
         if gpu
-        else "CPU: peak resident memory over the built networks, NOT GPU memory (the ranking still holds roughly)"
+        else "CPU: peak resident memory over the built networks, NOT GPU memory; projected GiB = weights + that "
+        f"peak + {CUDA_CONTEXT_GIB} GiB CUDA context (a projection: confirm on the GPU)"
     )
-    out = [f"{spec0['family']} {size}, batch {spec0['batch_size']}: {note}", fmt.format(*head)]
+    out = [f"{rows[0][0]['family']}: {note}", fmt.format(*head)]
     out += [fmt.format(*c) for c in lines]
     return "\n".join(out)
+
+
+def advice(rows: list[tuple[dict[str, Any], dict[str, Any]]], target_gb: float) -> str:
+    """One paragraph for a ``target_gb`` card: the rows that fit with 10 % headroom, the fastest of them first."""
+    target = target_gb * 2**30
+    fits = [(s, r) for s, r in rows if (need := needed_bytes(r)) is not None and need <= HEADROOM * target]
+    source = "measured" if any("max_reserved" in r for _, r in rows) else "projected from CPU"
+    usable = f"{HEADROOM * target_gb:.1f} GiB usable"
+    if not fits:
+        return f"target {target_gb:g} GiB ({usable}, {source}): no row fits; try checkpointing on, amp on, a smaller D"
+    fits.sort(key=lambda sr: sr[1].get("step_s", 0))
+    names = [", ".join(f"{h}={v}" for h, v in zip(("res", "batch", "channels", "amp", "ckpt", "perc", "D"),
+                                                  _label(s), strict=True)) for s, _ in fits]  # fmt: skip
+    lines = [f"target {target_gb:g} GiB ({usable}, {source}): {len(fits)} of {len(rows)} rows fit, fastest first:"]
+    lines += [f"  {n}  ({(HEADROOM * target - (needed_bytes(r) or 0)) / 2**30:.1f} GiB left)" for n, (_, r) in
+              zip(names, fits, strict=True)]  # fmt: skip
+    return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -315,10 +440,11 @@ def main(args: argparse.Namespace) -> int:
     specs = grid(args)
     rows = []
     for i, spec in enumerate(specs, 1):
-        print(f"[{i}/{len(specs)}] amp={spec['amp']} checkpointing={spec['checkpointing']} "
-              f"perceptual={spec['perceptual']} disc={spec['disc']}", file=sys.stderr, flush=True)  # fmt: skip
+        print(f"[{i}/{len(specs)}] {' '.join(_label(spec))}", file=sys.stderr, flush=True)
         rows.append((spec, run_one(spec, args.timeout)))
-    print(format_table(rows))
+    print(format_table(rows, args.target_gb))
+    if args.target_gb:
+        print(advice(rows, args.target_gb))
     failed = [(s, r) for s, r in rows if r["status"] not in ("ok", "oom") and "detail" in r]
     for _, r in failed[:3]:
         print(f"note: {r['status']}: {r['detail']}", file=sys.stderr)

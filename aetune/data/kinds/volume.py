@@ -58,6 +58,18 @@ def axial_slices(v: Tensor) -> Tensor:
     return v.transpose(1, 2).reshape(b * d, 1, h, w).expand(-1, 3, -1, -1)  # (B, D, 1, H, W) -> (B*D, 3, H, W)
 
 
+def volumes_from_slices(slices: Tensor, volumes: int) -> Tensor:
+    """The inverse of ``axial_slices``: grey slices (B * D, 3, H, W) of ``volumes`` = B volumes -> (B, 1, D, H, W).
+
+    Raises:
+        ValueError: the slice count is not a multiple of ``volumes``.
+    """
+    n, _, h, w = slices.shape
+    if volumes < 1 or n % volumes:
+        raise ValueError(f"{n} slices do not split into {volumes} volumes of equal depth")
+    return slices[:, :1].reshape(volumes, n // volumes, 1, h, w).transpose(1, 2)  # (B, D, 1, H, W) -> (B, 1, D, H, W)
+
+
 def transformed_shape(record: VolumeRecord | dict[str, Any], transform: VolumeTransform) -> tuple[int, int, int]:
     """The (D, H, W) a volume has after ``transform`` (resampling keeps the field of view)."""
     get = record.get if isinstance(record, dict) else lambda k: getattr(record, k)
@@ -108,7 +120,7 @@ def volume_documents(
         "groups": duplicate_groups(records),  # copies of one volume: one side of the split
         "empty_users": scan.empty_users,
         "volume": {
-            "transform": {k: list(v) if v is not None else None for k, v in asdict(transform).items()},
+            "transform": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(transform).items()},
             "shape": list(next(iter(shapes))),
         },
         "conversion": "voxels as float32; aetune.data.volumes.VolumeTransform (data/dataset.json 'volume')",
@@ -174,13 +186,14 @@ def _volume_info(work_dir: Path) -> tuple[VolumeTransform, tuple[int, int, int],
         percentiles=tuple(t["percentiles"]),  # type: ignore[arg-type]
         spacing=tuple(t["spacing"]) if t["spacing"] else None,  # type: ignore[arg-type]
         shape=tuple(t["shape"]) if t["shape"] else None,  # type: ignore[arg-type]
+        clip=t.get("clip", True),  # data prepared before the option existed was clipped
     )
     shape = (info["shape"][0], info["shape"][1], info["shape"][2])
     return transform, shape, {a["relpath"]: a["sha1"] for a in dataset["accepted"]}
 
 
 def _load(path: Path, transform: VolumeTransform, shape: tuple[int, int, int]) -> np.ndarray:
-    """One file -> (D, H, W) float16 in [-1, 1] at ``shape``.
+    """One file -> (D, H, W) float16 in [-1, 1] (beyond it where ``transform.clip`` is off) at ``shape``.
 
     Raises:
         AetuneError: the file is gone or no longer usable (it changed since step 3), naming it.
@@ -193,7 +206,8 @@ def _load(path: Path, transform: VolumeTransform, shape: tuple[int, int, int]) -
         raise AetuneError(f"{path}: {e}; it changed since step 3: re-run step 3 to re-scan the volumes") from e
     except ValueError as e:  # normalize_intensity: a volume that became constant
         raise AetuneError(f"{path}: {e}; re-run step 3 to re-scan the volumes") from e
-    return resize_volume(data, shape).clip(-1.0, 1.0).astype(np.float16)
+    data = resize_volume(data, shape)
+    return (data.clip(-1.0, 1.0) if transform.clip else data).astype(np.float16)
 
 
 def _cache_file(work_dir: Path, sha1: str, transform: VolumeTransform, shape: tuple[int, int, int]) -> Path:

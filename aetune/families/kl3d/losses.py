@@ -37,12 +37,12 @@ class PatchDiscriminator3D(nn.Module):
 
     Args:
         in_channels: volume channels.
-        num_layers_d: strided conv layers (seed for 24 GB: 2; MONAI tutorial: 3).
-        channels: width of the first layer, doubled per layer (seed: 16; tutorial: 32).
-        norm: MONAI norm name ("INSTANCE" in MONAI's tutorials, "BATCH" is MONAI's default).
+        num_layers_d: strided conv layers (seed for 24 GB: 2; MONAI's 3-D notebooks: 3).
+        channels: width of the first layer, doubled per layer (seed: 16; MONAI's 3-D notebooks: 32).
+        norm: MONAI norm name ("BATCH": MONAI's default and both 3-D notebooks; "INSTANCE": the 3-D LDM script).
     """
 
-    def __init__(self, in_channels: int = 1, num_layers_d: int = 2, channels: int = 16, norm: str = "INSTANCE") -> None:
+    def __init__(self, in_channels: int = 1, num_layers_d: int = 2, channels: int = 16, norm: str = "BATCH") -> None:
         super().__init__()
         if num_layers_d <= 0 or channels <= 0:
             raise AetuneError(f"discriminator layers and channels must be positive, got {num_layers_d} and {channels}")
@@ -106,7 +106,7 @@ def build_perceptual_3d(fake_3d_ratio: float, pretrained: bool = True) -> Frozen
     """MONAI's fake-3-D perceptual loss with LPIPS-squeeze, built offline.
 
     Args:
-        fake_3d_ratio: fraction of slices per axis (MONAI tutorial: 0.25), in (0, 1].
+        fake_3d_ratio: fraction of slices per axis (MONAI's LDM notebook: 0.2, AE notebook: 0.25), in (0, 1].
         pretrained: take the SqueezeNet trunk from the torch hub cache (step 2 fills it). False builds the
             trunk from random weights (tests, CPU demo: only by explicit choice) and warns: its values mean
             nothing.

@@ -23,14 +23,18 @@ from aetune.optional import require
 
 @dataclass
 class KL3DConfig(FamilyConfig):
-    """Options of the 3-D KL autoencoder; defaults are the MONAI 3-D AutoencoderKL tutorial (96 x 96 x 64 MRI)."""
+    """Options of the 3-D KL autoencoder; defaults are MONAI's 3-D LDM notebook's first stage (96 x 96 x 64 MRI).
+
+    MONAI's 3-D AutoencoderKL notebook has the same network except ``norm_num_groups=32``; the 3-D LDM script
+    (``train_autoencoder.py``, ``config_train_32g.json``) a larger one (64/128/256, 2 res blocks, 8 latents).
+    """
 
     in_channels: int = 1  # single-channel volumes (CT, MR); the decoder outputs the same count
-    channels: tuple[int, ...] = (32, 64, 64)  # width per level (tutorial); downsampling 2^(len - 1)
-    latent_channels: int = 3  # tutorial; the MONAI 3-D LDM uses 8
-    num_res_blocks: int = 1  # per level, encoder and decoder (tutorial)
-    attention_levels: tuple[bool, ...] = (False, False, True)  # one per level; attention at the last (tutorial)
-    norm_num_groups: int = 16  # GroupNorm groups: must divide every entry of channels (tutorial: 16)
+    channels: tuple[int, ...] = (32, 64, 64)  # width per level (both notebooks); downsampling 2^(len - 1)
+    latent_channels: int = 3  # both notebooks; the 3-D LDM script's config uses 8
+    num_res_blocks: int = 1  # per level, encoder and decoder (both notebooks)
+    attention_levels: tuple[bool, ...] = (False, False, True)  # one per level; at the last (both notebooks)
+    norm_num_groups: int = 16  # GroupNorm groups, must divide every width (3-D LDM notebook; AutoencoderKL one: 32)
     norm_eps: float = 1e-6  # MONAI's default
     with_encoder_nonlocal_attn: bool = True  # MONAI's default: res + attention + res block at the bottom
     with_decoder_nonlocal_attn: bool = True
