@@ -78,7 +78,12 @@ def demo_run(preset: str, work: Path) -> tuple[float, float]:
     history = json.loads((work / "checkpoints/stage1/validation_history.json").read_text())
     last = history["validations"][-1]
     assert last["batches"] == n, history
-    return last["psnr"], constant_baseline(cfg, work)
+    return psnr_of(last), constant_baseline(cfg, work)
+
+
+def psnr_of(values: dict) -> float:
+    """The PSNR of a validation record: ``psnr``, or ``PSNR`` under the restoration task's fork-style keys."""
+    return values["psnr"] if "psnr" in values else values["PSNR"]
 
 
 def constant_baseline(cfg: Config, work: Path) -> float:
@@ -95,7 +100,7 @@ def constant_baseline(cfg: Config, work: Path) -> float:
         _, target = recipe.inputs(batch)
         a = (target.float() + 1.0) / 2.0  # (N, 3, H, W) in [0, 1]: what validation scores
         flat = a.mean(dim=(-2, -1), keepdim=True).expand_as(a)
-        values.append(recipe.validation_values(a, flat, batch[-1], names)["psnr"])
+        values.append(psnr_of(recipe.validation_values(a, flat, batch[-1], names)))
     return torch.cat(values).mean().item()
 
 

@@ -39,6 +39,7 @@ TINY = {
         "val_every_n_steps": 4,
         "checkpoint_every_n_batches": 2,
         "grad_norm_every": 1,
+        "monitor": "val/PSNR",
         "stages": {"1": {"epochs": 1, "max_steps": 4}},
     },
 }
@@ -92,7 +93,8 @@ def test_recipe_phases_gradients_and_data(paired_work: Path) -> None:
     x, target = recipe.inputs(batch)
     assert x.min() >= -1 and target.max() <= 1 and not torch.equal(x, target)  # input LQ, target GT
     g = recipe.generator_step(x, target, StepContext(0, torch.Generator().manual_seed(1), parts=True))
-    assert set(g.parts) == {"l1", "l2", "ssim", "gan"} and {"l1", "l2", "ssim", "gan"} <= set(g.logs)
+    assert set(g.parts) == {"conv_out_l1", "conv_out_l2", "conv_out_ssim", "conv_out_disc"}  # the fork's grad_norm/
+    assert {"l1", "l2", "ssim", "gan"} <= set(g.logs)
     layer = recipe.grad_norm_layer
     for name, part in g.parts.items():  # every term reaches the last layer: grad_norm/<term> is informative
         (grad,) = torch.autograd.grad(part, layer, retain_graph=True)
@@ -163,11 +165,11 @@ def test_validation_values_per_degradation_type() -> None:
     out = (gt + 0.05 * torch.randn(gt.shape, generator=g)).clamp(0, 1)
     labels = torch.tensor([1, 0, 1, 1])
     values = recipe.validation_values(gt, out, labels, {0: "Blur", 1: "Noise"})
-    assert set(values) == {"psnr", "ssim", "Blur/psnr", "Blur/ssim", "Noise/psnr", "Noise/ssim"}  # no LPIPS: none
+    assert set(values) == {"PSNR", "SSIM", "Blur/PSNR", "Blur/SSIM", "Noise/PSNR", "Noise/SSIM"}  # no LPIPS: none
     from aetune.tasks.restoration.metrics import aggregate_by_type, psnr_y
 
-    torch.testing.assert_close(values["psnr"], psnr_y(out, gt, crop_border=2))
-    assert values["Noise/psnr"].shape == (3,)
-    agg = aggregate_by_type(["Noise", "Blur", "Noise", "Noise"], {k: values[k] for k in ("psnr", "ssim")})
-    assert agg["Noise/psnr"] == pytest.approx(values["Noise/psnr"].mean().item())
-    assert agg["Blur/ssim"] == pytest.approx(values["Blur/ssim"].item())
+    torch.testing.assert_close(values["PSNR"], psnr_y(out, gt, crop_border=2))
+    assert values["Noise/PSNR"].shape == (3,)
+    agg = aggregate_by_type(["Noise", "Blur", "Noise", "Noise"], {"psnr": values["PSNR"], "ssim": values["SSIM"]})
+    assert agg["Noise/psnr"] == pytest.approx(values["Noise/PSNR"].mean().item())
+    assert agg["Blur/ssim"] == pytest.approx(values["Blur/SSIM"].item())

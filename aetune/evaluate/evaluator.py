@@ -27,6 +27,7 @@ from aetune.errors import AetuneError
 from aetune.evaluate.latent_stats import LatentStatistics, LatentStatsAccumulator
 from aetune.models.base import Autoencoder
 from aetune.setup.hub import WeightCorrupt, WeightsUnavailable, recorded_weight
+from aetune.tasks.restoration.metrics import restoration_metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class SplitResult:
         per_image: name -> (N,) float64 for ``mse``, ``psnr``, ``psnr_y``, ``ssim_y``, the constant-image
             baselines ``psnr_baseline`` and ``psnr_y_baseline`` (the PSNR of each image's mean colour,
             ``constant_image``) and ``lpips`` when a pretrained LPIPS was given; empty without reconstruction.
+            For paired data ``psnr_y``, ``ssim_y`` and ``lpips`` are the restoration task's validation values
+            (``aetune.tasks.restoration.metrics``: 8-bit images, Y as pyiqa, no border crop).
         real_features, fake_features: (N, D) Inception features of originals and reconstructions, or None.
         examples: image index -> (original, reconstruction), each (3, S, S) float32 in [0, 1]; for paired
             data (original = the target GT, reconstruction = the output, the input LQ).
@@ -156,13 +159,18 @@ def evaluate_split(
             scores = {
                 "mse": metrics.mse(real, fake),
                 "psnr": metrics.psnr(real, fake, y_channel=False),
-                "psnr_y": metrics.psnr(real, fake, y_channel=True),
-                "ssim_y": metrics.ssim(real, fake, y_channel=True),
                 "psnr_baseline": metrics.psnr(real, constant_image(real), y_channel=False),
                 "psnr_y_baseline": metrics.psnr(real, constant_image(real), y_channel=True),
             }
-            if lpips_model is not None:
-                scores["lpips"] = metrics.lpips_distance(lpips_model, real, fake)
+            if paired:  # as the restoration task validates: Y PSNR / SSIM and LPIPS of the 8-bit images (no crop)
+                task = restoration_metrics(fake, real, lpips_model)
+                scores |= {"psnr_y": task["psnr"], "ssim_y": task["ssim"]}
+                scores |= {"lpips": task["lpips"]} if lpips_model is not None else {}
+            else:
+                scores["psnr_y"] = metrics.psnr(real, fake, y_channel=True)
+                scores["ssim_y"] = metrics.ssim(real, fake, y_channel=True)
+                if lpips_model is not None:
+                    scores["lpips"] = metrics.lpips_distance(lpips_model, real, fake)
             for name, value in scores.items():
                 value = value.view(-1, t_out).mean(1) if t_out > 1 else value  # per clip / volume: the mean
                 per_image.setdefault(name, []).append(value.double().cpu())

@@ -17,6 +17,7 @@ import numpy as np
 
 from aetune import metrics
 from aetune.evaluate.evaluator import SplitResult
+from aetune.tasks.restoration.options import TASK as RESTORATION
 
 log = logging.getLogger(__name__)
 
@@ -78,24 +79,25 @@ BASELINE_CHECK = "PSNR above the constant-image baseline"
 """The check that tells a collapsed model (a flat colour) from one that reconstructs: ``psnr > psnr_baseline``."""
 
 
-def final_score(summary: dict[str, Metric]) -> Metric:
-    """``PSNR + 10 SSIM - 5 LPIPS`` (SSIM on luma), or "unavailable" naming the missing metric."""
-    missing = [k for k in ("psnr", "ssim_y", "lpips") if not isinstance(summary.get(k), float)]
+def final_score(summary: dict[str, Metric], psnr: str = "psnr") -> Metric:
+    """``PSNR + 10 SSIM - 5 LPIPS`` (SSIM on luma; PSNR the ``psnr`` key), or "unavailable" naming what is missing."""
+    missing = [k for k in (psnr, "ssim_y", "lpips") if not isinstance(summary.get(k), float)]
     if missing:
         return f"unavailable: needs {', '.join(missing)}"
-    return float(summary["psnr"]) + 10 * float(summary["ssim_y"]) - 5 * float(summary["lpips"])  # type: ignore[arg-type]
+    return float(summary[psnr]) + 10 * float(summary["ssim_y"]) - 5 * float(summary["lpips"])  # type: ignore[arg-type]
 
 
-def summarize(per_image: dict[str, np.ndarray], unavailable: dict[str, str]) -> dict[str, Metric]:
+def summarize(per_image: dict[str, np.ndarray], unavailable: dict[str, str], psnr: str = "psnr") -> dict[str, Metric]:
     """Means of the per-image metrics, the unavailable ones as their reason, and the final score.
 
     Args:
         per_image: name -> (N,) values (any subset of ``COLUMNS``).
         unavailable: name -> ``"unavailable: ..."`` for the metrics that could not be computed.
+        psnr: the PSNR of the final score: ``psnr`` (RGB, the seed's) or ``psnr_y`` (restoration, the fork's).
     """
     out: dict[str, Metric] = {k: float(np.mean(v)) for k, v in per_image.items()}
     out.update(unavailable)
-    out["final_score"] = final_score(out)
+    out["final_score"] = final_score(out, psnr)
     return out
 
 
@@ -123,6 +125,7 @@ def quality_report(
     label_names: dict[str, int],
     unavailable: dict[str, str],
     split_level: dict[str, Metric] | None = None,
+    psnr: str = "psnr",
 ) -> dict[str, Any]:
     """Overall and per-user summaries with threshold checks.
 
@@ -132,18 +135,19 @@ def quality_report(
         label_names: user name -> label (``data/labels.json``).
         unavailable: per-image metric -> reason it could not be computed (LPIPS without weights).
         split_level: metrics of the whole split only (``rfid_report``), added to the overall summary.
+        psnr: the PSNR key of the final score (``summarize``).
 
     Returns:
         {"overall": summary, "checks": {threshold: passed}, "per_user": {user: summary + checks}}; the checks
         include ``BASELINE_CHECK``.
     """
-    overall = {**summarize(per_image, unavailable), **(split_level or {})}
+    overall = {**summarize(per_image, unavailable, psnr), **(split_level or {})}
     per_user: dict[str, Any] = {}
     for user, label in label_names.items():
         mask = labels == label
         if not mask.any():
             continue
-        summary = summarize({k: v[mask] for k, v in per_image.items()}, unavailable)
+        summary = summarize({k: v[mask] for k, v in per_image.items()}, unavailable, psnr)
         per_user[user] = {"label": label, "num_images": int(mask.sum()), **summary, "checks": all_checks(summary)}
     return {"overall": overall, "checks": all_checks(overall), "per_user": per_user}
 
@@ -364,6 +368,40 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+RESTORATION_FINAL_SCORE = (
+    "psnr_y + 10 * ssim_y - 5 * lpips, each of the 8-bit images: the restoration task's validation score "
+    "(val/Final_Score, the HYPIR fork's Final_Score)"
+)
+"""The definition of ``final_score`` in a restoration run's ``metrics.json``."""
+
+
+def restoration_protocol(config: dict[str, Any]) -> dict[str, Any]:
+    """How step 5 measured a restoration run (``metrics.json["protocol"]``) and how its training validation differed.
+
+    Args:
+        config: the run's resolved config (``Config.to_dict()``).
+    """
+    size = int(config["data"]["image_size"])
+    val = config.get(RESTORATION) or {}
+    protocol: dict[str, Any] = {
+        "resolution": f"{size}x{size}: LQ and GT resized with Pillow's bilinear filter (the fork's validation)",
+        "colour_space": "PSNR and SSIM on BT.601 luma Y = 16 + 65.481 R + 128.553 G + 24.966 B of the 8-bit RGB "
+        "(pyiqa test_y_channel=True, color_space='ycbcr'); LPIPS-VGG on the 8-bit RGB",
+        "crop_border": 0,
+        "pairs": "every pair of the split",
+    }
+    differs = []
+    if val.get("native_val"):
+        differs.append("validated at the stored size (restoration.native_val)")
+    if val.get("crop_border"):
+        differs.append(f"cropped {val['crop_border']} px per side (restoration.crop_border)")
+    if val.get("num_samples_per_type"):
+        differs.append(f"used the first {val['num_samples_per_type']} pairs of each type")
+    if differs:
+        protocol["training_validation"] = "differs from step 5: " + "; ".join(differs)
+    return protocol
+
+
 def write_metrics(
     folder: Path,
     evaluated: SplitResult,
@@ -383,11 +421,16 @@ def write_metrics(
 
     missing = {"lpips": unavailable["lpips"]} if unavailable.get("lpips") else {}
     rfid = rfid_report(evaluated, unavailable.get("rfid"))
-    quality = quality_report(evaluated.per_image, evaluated.labels, labels, missing, rfid)
-    extra = {"advice": fine_tuning_advice(quality["overall"])} if meta["kind"] == "pretrained" else {}
+    restoration = meta["config"]["model"].get("task") == RESTORATION
+    psnr = "psnr_y" if restoration else "psnr"  # restoration scores as its validation does (the fork's Final_Score)
+    quality = quality_report(evaluated.per_image, evaluated.labels, labels, missing, rfid, psnr)
+    extra: dict[str, Any] = {"advice": fine_tuning_advice(quality["overall"])} if meta["kind"] == "pretrained" else {}
+    if restoration:
+        definitions = {**DEFINITIONS, "final_score": RESTORATION_FINAL_SCORE}
+        extra |= {"protocol": restoration_protocol(meta["config"]), "definitions": definitions}
     document = metrics_document(quality, space, meta, checkpoint, split, extra)
     tables = [format_table(quality), format_latent_space(space)]
-    tables += [format_advice(extra["advice"])] if extra else []
+    tables += [format_advice(extra["advice"])] if "advice" in extra else []
     return atomic_write_json(folder / "metrics.json", document), tables
 
 

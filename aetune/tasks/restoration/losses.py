@@ -18,18 +18,20 @@ from aetune.losses.adversarial import generator_loss
 from aetune.losses.ssim import ssim_differentiable
 
 TERMS = ("l1", "l2", "lpips", "ssim", "gan")
-"""Names of the terms: ``train/<term>`` (unweighted values) and ``grad_norm/<term>`` (weighted, at the last layer)."""
+"""Names of the terms: ``train/<term>`` (unweighted values); the recipe logs the weighted terms' gradient norms
+at the last layer as the fork names them (``grad_norm/conv_out_<term>``, ``gan`` as ``disc``)."""
 
 
 @dataclass(frozen=True)
 class RestorationWeights:
-    """Term weights; defaults are the fork's ``sd2_finetune_5k.yaml`` (its "improved" variant: 2, 2, 3, 1, 0.3)."""
+    """Term weights; defaults are the seed's recipe, the fork's ``sd2_finetune_5k_improved.yaml`` (its
+    ``sd2_finetune_5k.yaml``: 1, 1, 5, 0, 0.5)."""
 
-    l1: float = 1.0
-    l2: float = 1.0
-    lpips: float = 5.0
-    ssim: float = 0.0
-    gan: float = 0.5
+    l1: float = 2.0
+    l2: float = 2.0
+    lpips: float = 3.0
+    ssim: float = 1.0
+    gan: float = 0.3
 
 
 def restoration_objective(

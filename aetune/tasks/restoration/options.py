@@ -4,8 +4,9 @@ Torch-free. The task replaces the family's loss (and teacher) sections by these;
 (``model.family``, ``model.args``) is unchanged. ``restoration_schema`` composes them with a family's schema:
 the config loader uses it when ``--task restoration`` is asked (see docs/restoration.md, "Wiring").
 
-Presets ``restoration`` (the HYPIR fork's ``sd2_finetune_5k.yaml``), ``restoration_improved`` (its
-``sd2_finetune_5k_improved.yaml``) and ``restoration_demo`` select the task with ``model.task``.
+Presets ``restoration`` (the seed's recipe: the HYPIR fork's ``sd2_finetune_5k_improved.yaml``, loaded by
+``--task restoration``), ``restoration_5k`` (its ``sd2_finetune_5k.yaml``) and ``restoration_demo`` select the task
+with ``model.task``.
 """
 
 from __future__ import annotations
@@ -21,21 +22,32 @@ DATA_KIND = "pair"
 
 @dataclass
 class RestorationLossConfig:
-    """Weights of the restoration objective (``aetune.tasks.restoration.losses``); defaults: ``sd2_finetune_5k``."""
+    """Weights of the restoration objective (``aetune.tasks.restoration.losses``); defaults: the seed's recipe.
 
-    l1_weight: float = field(default=1.0, metadata=bounds(0.0))  # fork: lambda_l1 1 ("better pixel supervision")
-    l2_weight: float = field(default=1.0, metadata=bounds(0.0))  # fork: lambda_l2 1 (HYPIR's MSE term)
-    lpips_weight: float = field(default=5.0, metadata=bounds(0.0))  # fork: lambda_lpips 5 (HYPIR)
-    ssim_weight: float = field(default=0.0, metadata=bounds(0.0))  # fork: 0; "improved" 1 (a real gradient here)
-    gan_weight: float = field(default=0.5, metadata=bounds(0.0))  # fork: lambda_gan 0.5, a fixed weight
+    The seed trains with the fork's ``sd2_finetune_5k_improved.yaml`` (more pixel supervision, a weaker GAN than
+    ``sd2_finetune_5k.yaml``'s 1 / 1 / 5 / 0 / 0.5: preset ``restoration_5k``).
+    """
+
+    l1_weight: float = field(default=2.0, metadata=bounds(0.0))  # improved: lambda_l1 2 (5k: 1)
+    l2_weight: float = field(default=2.0, metadata=bounds(0.0))  # improved: lambda_l2 2, to raise PSNR (5k: 1)
+    lpips_weight: float = field(default=3.0, metadata=bounds(0.0))  # improved: lambda_lpips 3 (5k and HYPIR: 5)
+    ssim_weight: float = field(default=1.0, metadata=bounds(0.0))  # improved: 1 (a real gradient here; 5k: 0)
+    gan_weight: float = field(default=0.3, metadata=bounds(0.0))  # improved: lambda_gan 0.3, fixed (5k: 0.5)
     disc_start: int = field(default=0, metadata=bounds(0, allow=(-1,)))  # batches before GAN + D updates; -1 = no GAN
     lpips_pretrained: bool = True  # False = no trustworthy LPIPS (demo, tests): only by explicit choice
 
 
 @dataclass
-class RestorationValConfig:
-    """How restoration validation measures (``aetune.tasks.restoration.metrics``)."""
+class RestorationConfig:
+    """How restoration pairs are augmented and validated (the data kind ``pair``, ``...restoration.metrics``).
 
+    Pairs are resized to ``data.image_size`` with Pillow's bilinear filter (``aetune.data.kinds.pair``); the
+    fork trains and validates at 512.
+    """
+
+    rot90: bool = False  # fork use_rot: random vertical flip + transpose of each pair (with data.hflip: 8 views)
+    native_val: bool = False  # validate at the stored size, no resize (pairs of one size); fork: 512 x 512
+    num_samples_per_type: int | None = field(default=None, metadata=bounds(1))  # first n val pairs per type; all
     crop_border: int = field(default=0, metadata=bounds(0, 64))  # pixels cut per side before PSNR/SSIM (SR: scale)
 
 
@@ -47,9 +59,10 @@ def restoration_schema(base: FamilySchema) -> FamilySchema:
     """
     sections = {k: v for k, v in base.sections.items() if k not in ("loss", "teacher")}
     sections.setdefault("discriminator", DiscriminatorConfig)
-    sections |= {"loss": RestorationLossConfig, TASK: RestorationValConfig}
+    sections |= {"loss": RestorationLossConfig, TASK: RestorationConfig}
     tiny = {k: v for k, v in base.tiny.items() if k not in ("loss", "teacher")}
     tiny["loss"] = {"lpips_weight": 0.0, "lpips_pretrained": False, "ssim_weight": 1.0, "disc_start": 0}
+    tiny["train"] = {**base.tiny.get("train", {}), "monitor": "val/PSNR"}  # no LPIPS: no val/Final_Score
     return replace(base, sections=sections, data_kind=DATA_KIND, default_preset=TASK, tiny=tiny)
 
 

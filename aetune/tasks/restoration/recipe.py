@@ -5,6 +5,7 @@ VAE latent; the plain latents otherwise), and score the output against the clean
 ``aetune.losses.restoration_objective`` (L1, L2, LPIPS, SSIM, a fixed-weight GAN term after ``disc_start``).
 Discriminator phase: PatchGAN hinge loss on GT (real) and the detached output (fake), two calls as the
 reconstruction recipes. The fork alternates G and D batches; here both run on every batch, as every recipe.
+Logged names follow the fork's dashboards: ``val/PSNR``, ``val/<Type>/PSNR``, ``grad_norm/conv_out_l1``, ...
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from aetune.config import Config
 from aetune.data.cache import to_model_range
+from aetune.data.kinds.pair import register_pair_kind
 from aetune.errors import AetuneError
 from aetune.losses import build_lpips, discriminator_objective
 from aetune.models import create_autoencoder
@@ -25,12 +28,42 @@ from aetune.tasks.restoration.losses import TERMS, RestorationWeights, restorati
 from aetune.tasks.restoration.metrics import restoration_metrics
 from aetune.tasks.restoration.options import TASK
 
+VAL_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "final_score": "Final_Score"}
+"""Metric -> the fork's validation key (``val/PSNR``, ``val/Blur/PSNR``): runs compare on the fork's dashboards."""
+GRAD_NORM_NAMES = {t: f"conv_out_{'disc' if t == 'gan' else t}" for t in TERMS}
+"""Term -> the fork's gradient-norm key (``grad_norm/conv_out_l1``; it names the GAN term ``disc``)."""
+
+
+def check_logged_names(cfg: Config, stage: str) -> None:
+    """Refuse settings that read validation keys under the reconstruction recipes' names (``val/psnr``).
+
+    Raises:
+        AetuneError: a monitor naming ``val/psnr`` & co (the best checkpoint would watch a key never logged), or
+            the health gate on (it reads ``psnr``).
+    """
+    for monitor in (cfg.train.monitor, cfg.stage(stage).monitor):
+        name = (monitor or "").rsplit("/", 1)[-1]
+        if name in VAL_NAMES:
+            raise AetuneError(
+                f"train.monitor {monitor}: --task restoration logs the fork's names (val/PSNR, val/SSIM, val/LPIPS, "
+                f"val/Final_Score): use {monitor[: -len(name)]}{VAL_NAMES[name]}"
+            )
+    if cfg.train.health_min_psnr is not None:
+        raise AetuneError("train.health_min_psnr reads val/psnr; --task restoration logs val/PSNR: unset it")
+
 
 class RestorationRecipe(Recipe):
     """LQ -> GT training of the family ``cfg.model.family`` with the task's loss section (``cfg.loss``)."""
 
     data_kind = "pair"
     progress_keys = ("l1", "ssim")
+
+    def __init__(self, cfg: Config, stage: str) -> None:
+        super().__init__(cfg, stage)
+        check_logged_names(cfg, stage)
+        # The kind API carries only the image size: bind the validation options now, before any data module (every
+        # rank builds its recipe first), also for recipes that subclass this one.
+        register_pair_kind(cfg.restoration.native_val, cfg.restoration.num_samples_per_type)
 
     def build(self) -> Networks:
         cfg = self.cfg
@@ -64,11 +97,21 @@ class RestorationRecipe(Recipe):
         return to_model_range(batch[0]), to_model_range(batch[1])
 
     def augment(self, x: Tensor, target: Tensor, ctx: StepContext) -> tuple[Tensor, Tensor]:
-        """The same random horizontal flip of LQ and GT when ``data.hflip`` (off by default: a flip reverses time)."""
-        if not self.cfg.data.hflip:
-            return x, target
-        flip = (torch.rand(x.shape[0], generator=ctx.generator, device=x.device) < 0.5)[:, None, None, None]
-        return torch.where(flip, x.flip(-1), x), torch.where(flip, target.flip(-1), target)
+        """The same random flips of LQ and GT (B, 3, S, S) in [-1, 1], as the fork's ``augment`` (BasicSR).
+
+        ``data.hflip``: a horizontal flip with probability 1/2 (off by default: a flip reverses a spectrogram's
+        time); ``restoration.rot90``: a vertical flip and a transpose, each with probability 1/2 (with hflip: the
+        8 rotations and flips of a square, equally likely). Each image of the batch draws its own.
+        """
+        for on, flip in (
+            (self.cfg.data.hflip, lambda t: t.flip(-1)),
+            (self.cfg.restoration.rot90, lambda t: t.flip(-2)),
+            (self.cfg.restoration.rot90, lambda t: t.transpose(-2, -1)),  # training pairs are square (S x S)
+        ):
+            if on:
+                pick = (torch.rand(x.shape[0], generator=ctx.generator, device=x.device) < 0.5)[:, None, None, None]
+                x, target = torch.where(pick, flip(x), x), torch.where(pick, flip(target), target)
+        return x, target
 
     def generator_step(self, x: Tensor, target: Tensor, ctx: StepContext) -> PhaseResult:
         x, target = self.augment(x, target, ctx)
@@ -81,7 +124,7 @@ class RestorationRecipe(Recipe):
                 logits_fake = self.discriminator(out)
         terms = restoration_objective(target, out, self.weights, self.perceptual, logits_fake)
         total = terms.pop("total")
-        parts = {k[2:]: v for k, v in terms.items() if k.startswith("w_")} if ctx.parts else {}
+        parts = {GRAD_NORM_NAMES[k[2:]]: v for k, v in terms.items() if k.startswith("w_")} if ctx.parts else {}
         logs = {k: v for k, v in terms.items() if not k.startswith("w_")}
         return PhaseResult(total, logs, parts, {"real": target, "fake": out})
 
@@ -96,20 +139,20 @@ class RestorationRecipe(Recipe):
     def validation_values(
         self, target: Tensor, output: Tensor, labels: Tensor, names: dict[int, str]
     ) -> dict[str, Tensor]:
-        """Per-image validation values keyed as logged (``val/<key>``), overall and per degradation type.
+        """Per-image validation values keyed as the fork logs them (``val/<key>``), overall and per degradation type.
 
         The module logs each key's mean weighted by its number of values, which over a validation epoch gives
-        the mean over that type's images (``val/Blur/psnr``). Conventions: ``aetune.tasks.restoration.metrics``.
+        the mean over that type's images (``val/Blur/PSNR``). Conventions: ``aetune.tasks.restoration.metrics``.
 
         Args:
             target, output: (B, 3, H, W) GT and restored images in [0, 1].
             labels: (B,) degradation labels; ``names`` maps them to the type names (``data/labels.json``).
 
         Returns:
-            ``{"psnr": (B,), "ssim", ["lpips", "final_score"], "<Type>/psnr": (n_type,), ...}``.
+            ``{"PSNR": (B,), "SSIM", ["LPIPS", "Final_Score"], "<Type>/PSNR": (n_type,), ...}``.
         """
         crop = self.cfg.restoration.crop_border
-        values = restoration_metrics(output, target, self.lpips, crop)
+        values = {VAL_NAMES[k]: v for k, v in restoration_metrics(output, target, self.lpips, crop).items()}
         out = dict(values)
         for label in labels.unique().tolist():
             mask = labels == label
