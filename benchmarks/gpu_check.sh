@@ -47,7 +47,7 @@ FP16_STEPS=24  # enough windows for a fresh scaler at 65536 to back off and stil
 BF16_STEPS=6
 DEMO_STEPS=4
 declare -A DEMO_DATA=([demo]=img64 [taesd_demo]=img64 [rae_demo]=img32 [taehv_demo]=video
-                      [kl3d_demo]=volume [restoration_demo]=pairs)
+                      [kl3d_demo]=volume [restoration_demo]=pairs [hypir_demo]=pairs)
 
 now() { date +%s.%N; }
 want() { [[ " $BLOCKS " == *" $1 "* ]]; }

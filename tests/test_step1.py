@@ -172,7 +172,7 @@ def test_unknown_family_is_one_line_listing_the_valid_ones(tmp_path, machine, mo
     err = capsys.readouterr().err
     assert code == 2 and data == {} and machine["pip_calls"] == []
     assert err.count("\n") == 1 and err.startswith("error: unknown family 'tasd' (did you mean 'taesd'?)")
-    assert err.rstrip().endswith("are hf, kl, kl3d, rae, taehv, taesd, vavae")
+    assert err.rstrip().endswith("are hf, hypir, kl, kl3d, rae, taehv, taesd, vavae")
     assert not (tmp_path / "work").exists()  # nothing written before the flags are known good
 
 

@@ -6,4 +6,4 @@ family is first used. Adding a family is one package here and one name in the im
 (docs/families.md); the contract tests find it through the registries.
 """
 
-from aetune.families import kl3d, rae, tiny, vavae  # noqa: F401  (each registers itself)
+from aetune.families import hypir, kl3d, rae, tiny, vavae  # noqa: F401  (each registers itself)
