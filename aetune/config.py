@@ -71,6 +71,7 @@ class OptimizerConfig:
     name: str = field(default="adam", metadata=choices("adam", "adamw"))  # VA-VAE: Adam; RAE, TAEHV: AdamW
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])  # released VA-VAE Adam betas
     weight_decay: float = field(default=0.0, metadata=bounds(0.0, 1.0))  # released VA-VAE value
+    amsgrad: bool = False  # AMSGrad's running max of the second moment (the original TAESD training)
     schedule: str = field(default="constant", metadata=choices("constant", "cosine"))  # RAE: warm-up + cosine
     warmup_batches: int = field(default=0, metadata=bounds(0))  # linear warm-up from 0, in batches of the stage
     min_lr_ratio: float = field(default=0.0, metadata=bounds(0.0, 1.0))  # cosine floor / peak (RAE: 2e-5 / 2e-4)

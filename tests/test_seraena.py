@@ -103,3 +103,30 @@ def test_taehv_groups_frames_with_the_clips_time_averaged_latents() -> None:
     torch.testing.assert_close(fake[1], torch.cat([y[0, 3], y[0, 4], y[0, 0]]))  # padded with the first frame
     torch.testing.assert_close(real[2], torch.cat([y[1, 0], y[1, 1], y[1, 2]]) + 1)
     torch.testing.assert_close(latents[3], z[1].mean(0))
+
+
+def test_the_default_presets_are_the_references_and_amsgrad_reaches_adam() -> None:
+    from aetune.train.module import AutoencoderModule
+
+    taesd, taehv = load_config("taesd"), load_config("taehv")
+    g = taesd.train.optimizer.g
+    assert (g.name, g.betas, g.amsgrad, taesd.train.learning_rate, taesd.train.batch_size) == (
+        "adam",
+        [0.9, 0.9],
+        True,
+        3e-4,
+        16,
+    )
+    g = taehv.train.optimizer.g
+    assert (g.name, g.betas, g.amsgrad, taehv.train.learning_rate) == ("adamw", [0.9, 0.95], False, 3e-4)
+    for cfg in (taesd, taehv):
+        assert cfg.discriminator.kind == "seraena" and cfg.loss.adv_weight == 1.0 and cfg.loss.perceptual_weight == 0
+        assert cfg.train.ema.decay == 0.999 and cfg.loss.enc_distill_weight == 1.0
+    assert (taesd.loss.rec_weight, taehv.loss.rec_weight, taehv.discriminator.frames) == (0.1, 1.0, 3)
+    tiny = load_config(
+        "taesd",
+        ["model.args.width=8", "model.args.latent_channels=4", "discriminator.ndf=4", "loss.lpips_pretrained=false"],
+    )
+    module = AutoencoderModule(tiny, "1", total_batches=4, learning_rate=3e-4, meta={})
+    opts = module.configure_optimizers()
+    assert opts[0].param_groups[0]["amsgrad"] is True and opts[1].param_groups[0]["amsgrad"] is False

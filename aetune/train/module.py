@@ -182,7 +182,7 @@ class AutoencoderModule(pl.LightningModule):
             opt = self.cfg.stage_optimizer(self.stage, phase)
             params = self.recipe.trainable(phase)
             kw: dict[str, Any] = {"lr": self.phase_lr(phase), "betas": tuple(opt.betas)}
-            kw["weight_decay"] = opt.weight_decay
+            kw["weight_decay"], kw["amsgrad"] = opt.weight_decay, opt.amsgrad
             # Fused kernels unscale inside step(): clipping and grad-norm logs would see scaled gradients.
             if self.device.type == "cuda" and self.trainer.precision != "16-mixed":
                 kw["fused"] = True
