@@ -46,12 +46,30 @@ def test_adaptive_gan_weight_hand_numbers() -> None:
         x, x_rec, perceptual=None, perceptual_weight=0.0, logits_fake=logits, disc_weight=0.75, last_layer=w,
         with_parts=True,
     )  # fmt: skip
-    weight = 0.5 / (3 + 1e-4)  # ||d rec|| / (||d G|| + 1e-4), clamped to [0, 1e4]
+    weight = 0.5 / (3 + 1e-6)  # ||d rec|| / (||d G|| + 1e-6, released), clamped to [0, 1e4]
     torch.testing.assert_close(out["d_weight"], torch.tensor(weight))
     torch.testing.assert_close(out["total"], torch.tensor(1.0 + 0.75 * weight * -6.0))
     torch.testing.assert_close(out["parts"]["gan"], torch.tensor(0.75 * weight * -6.0))
     out["total"].backward()
     torch.testing.assert_close(w.grad, torch.tensor([0.5 + 0.75 * weight * -3.0]))  # the weight is a constant
+
+
+@pytest.mark.parametrize(("eps", "weight"), [(1e-6, 0.5 / (1e-3 + 1e-6)), (1e-4, 0.5 / (1e-3 + 1e-4))])
+def test_adaptive_weight_epsilon_is_the_released_one_unless_asked(eps: float, weight: float) -> None:
+    w = nn.Parameter(torch.tensor([2.0]))
+    x_rec = w.view(1, 1, 1, 1) * 1.0  # d rec / d w = 0.5
+    out = rae_generator_objective(
+        torch.zeros(1, 1, 1, 1),
+        x_rec,
+        perceptual=None,
+        perceptual_weight=0.0,
+        logits_fake=1e-3 * w,
+        disc_weight=0.75,
+        last_layer=w,
+        eps=eps,
+    )  # fmt: skip  (a small GAN gradient, 1e-3, where the epsilon matters: 499.5 against 454.5)
+    torch.testing.assert_close(out["d_weight"], torch.tensor(weight))
+    assert load_config("rae").loss.adaptive_eps == 1e-6
 
 
 def test_fakes_are_clamped_and_8_bit() -> None:

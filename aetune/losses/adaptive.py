@@ -10,15 +10,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+EPS = 1e-4
+"""LightningDiT's (taming's) epsilon under the term's gradient norm; the released RAE uses 1e-6."""
 
-def adaptive_weight(nll: Tensor, term: Tensor, last_layer: nn.Parameter | None, max_weight: float) -> Tensor:
-    """``clamp(||d nll / d W|| / (||d term / d W|| + 1e-4), 0, max_weight)``, detached, float32.
+
+def adaptive_weight(
+    nll: Tensor, term: Tensor, last_layer: nn.Parameter | None, max_weight: float, eps: float = EPS
+) -> Tensor:
+    """``clamp(||d nll / d W|| / (||d term / d W|| + eps), 0, max_weight)``, detached, float32.
 
     Args:
         nll: the reconstruction loss (scalar with a graph through ``last_layer``).
         term: the loss to balance (scalar with a graph through ``last_layer``).
         last_layer: the weight W at which the gradients are compared.
         max_weight: clamp (1e4 for the GAN term, 1e8 for VF, as LightningDiT).
+        eps: added to the term's gradient norm (:data:`EPS`).
 
     Returns:
         A 0-dim float32 tensor; 0 when gradients are not being recorded (validation under
@@ -34,10 +40,10 @@ def adaptive_weight(nll: Tensor, term: Tensor, last_layer: nn.Parameter | None, 
         raise ValueError(f"the adaptive weight compares gradients at {what}: give a trainable last layer")
     (g_nll,) = torch.autograd.grad(nll, last_layer, retain_graph=True)
     (g_term,) = torch.autograd.grad(term, last_layer, retain_graph=True)
-    return grad_ratio(g_nll, g_term, max_weight)
+    return grad_ratio(g_nll, g_term, max_weight, eps)
 
 
-def grad_ratio(g_nll: Tensor, g_term: Tensor, max_weight: float) -> Tensor:
-    """``clamp(||g_nll|| / (||g_term|| + 1e-4), 0, max_weight)`` of two gradients at one layer, detached float32."""
-    weight = torch.norm(g_nll.float()) / (torch.norm(g_term.float()) + 1e-4)
+def grad_ratio(g_nll: Tensor, g_term: Tensor, max_weight: float, eps: float = EPS) -> Tensor:
+    """``clamp(||g_nll|| / (||g_term|| + eps), 0, max_weight)`` of two gradients at one layer, detached float32."""
+    weight = torch.norm(g_nll.float()) / (torch.norm(g_term.float()) + eps)
     return torch.clamp(weight, 0.0, max_weight).detach()

@@ -30,6 +30,7 @@ def rae_generator_objective(
     disc_weight: float,
     last_layer: nn.Parameter,
     with_parts: bool = False,
+    eps: float = 1e-6,
 ) -> dict[str, Tensor]:
     """The generator phase's loss and its logged terms.
 
@@ -38,6 +39,7 @@ def rae_generator_objective(
         perceptual: LPIPS (``build_lpips``); required when ``perceptual_weight > 0``.
         logits_fake: the discriminator's logits of the (augmented) reconstruction, or None before ``gan_start``.
         last_layer: ``decoder_pred.weight``, where the adaptive weight compares the gradients.
+        eps: under the GAN term's gradient norm in the adaptive weight (released: 1e-6; LightningDiT: 1e-4).
         with_parts: also return the weighted terms with their graphs under ``"parts"`` (grad-norm logging).
 
     Returns:
@@ -55,7 +57,7 @@ def rae_generator_objective(
     total = rec
     if logits_fake is not None:
         g_loss = generator_loss(logits_fake)
-        d_weight = adaptive_weight(rec, g_loss, last_layer, GAN_MAX_WEIGHT)
+        d_weight = adaptive_weight(rec, g_loss, last_layer, GAN_MAX_WEIGHT, eps)
         total = rec + disc_weight * d_weight * g_loss
     out = {"total": total, "rec_loss": l1.detach(), "lpips_loss": lp.detach(), "g_loss": g_loss.detach()}
     out["d_weight"] = d_weight.detach()

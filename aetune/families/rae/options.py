@@ -45,6 +45,7 @@ class RAELossConfig:
     perceptual_weight: float = field(default=1.0, metadata=bounds(0.0))  # LPIPS-VGG from the start, released
     lpips_pretrained: bool = True  # False = no trustworthy LPIPS: only by explicit choice, and outputs say so
     disc_weight: float = field(default=0.75, metadata=bounds(0.0))  # times the adaptive weight, released
+    adaptive_eps: float = field(default=1e-6, metadata=bounds(0.0, 1.0))  # under ||grad G||: released 1e-6 (LDM 1e-4)
     disc_start: int = field(default=-1, metadata=bounds(0, allow=(-1,)))  # batches before D updates; -1 = never
     gan_start: int = field(default=-1, metadata=bounds(0, allow=(-1,)))  # batches before the GAN term; -1 = never
     token_noise: bool = True  # z + tau * u * n on the tokens in the generator phase (tau: model.args.noise_tau)

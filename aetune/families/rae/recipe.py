@@ -183,6 +183,7 @@ class RAERecipe(Recipe):
             disc_weight=self.loss.disc_weight,
             last_layer=self.rae.gan_last_layer,
             with_parts=ctx.parts,
+            eps=self.loss.adaptive_eps,
         )
         parts = terms.pop("parts", {})
         total = terms.pop("total")
