@@ -230,3 +230,26 @@ def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_device(None) == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(AetuneError, match="has 2 CUDA GPU"):
         resolve_device("cuda:2")
+
+
+class PaddingOnlyVolumes(nn.Module):
+    """A 3-D stand-in that reproduces the first half of each volume's slices exactly and blurs the rest by 0.1."""
+
+    family = "kl3d"
+    spatial_dims = 3
+
+    def encode(self, x: torch.Tensor) -> EncoderOutput:
+        return EncoderOutput(latent_dist=None, latents=x)
+
+    def decode(self, z: torch.Tensor) -> DecoderOutput:
+        out = z.clone()
+        out[:, :, z.shape[2] // 2 :] += 0.2  # +0.1 in [0, 1]
+        return DecoderOutput(sample=out)
+
+
+def test_step5_scores_a_volume_by_its_own_psnr_not_its_slices_mean() -> None:
+    volumes = torch.rand(2, 1, 8, 16, 16, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8  # [-0.8, 0.8]
+    result = evaluate.evaluate_split(PaddingOnlyVolumes(), [(v, 0) for v in volumes], progress=False)
+    mse = 0.1**2 / 2  # half the voxels are off by 0.1
+    np.testing.assert_allclose(result.per_image["psnr"], 10 * math.log10(1 / mse), rtol=1e-5)  # 23.0 dB
+    np.testing.assert_allclose(result.per_image["psnr_slices"], (100 + 20) / 2, rtol=1e-5)  # exact slices: 100 dB

@@ -154,7 +154,7 @@ def evaluate_split(
             t_out = fake.shape[1] if video else fake.shape[2] if volume else 1  # output frame j reconstructs input j
             if video:
                 real, fake = real[:, :t_out].flatten(0, 1), fake.flatten(0, 1)  # -> (B*T', 3, S, S)
-            if volume:  # scored per axial slice, then averaged per volume (MSE is then the volume's)
+            if volume:  # scored per axial slice, then averaged per volume (MSE is then the volume's; PSNR below)
                 real, fake = axial_slices(real), axial_slices(fake)  # -> (B*D, 3, H, W)
             scores = {
                 "mse": metrics.mse(real, fake),
@@ -171,8 +171,11 @@ def evaluate_split(
                 scores["ssim_y"] = metrics.ssim(real, fake, y_channel=True)
                 if lpips_model is not None:
                     scores["lpips"] = metrics.lpips_distance(lpips_model, real, fake)
-            for name, value in scores.items():
-                value = value.view(-1, t_out).mean(1) if t_out > 1 else value  # per clip / volume: the mean
+            per_item = {k: v.view(-1, t_out).mean(1) if t_out > 1 else v for k, v in scores.items()}  # clip / volume
+            if volume:  # PSNR over the whole volume (the mean of its slices' PSNR rewards reproduced empty padding)
+                per_item["psnr_slices"] = per_item["psnr"]
+                per_item["psnr"] = 10.0 * torch.log10(1.0 / per_item["mse"].clamp_min(metrics.MSE_FLOOR))
+            for name, value in per_item.items():
                 per_image.setdefault(name, []).append(value.double().cpu())
             if features is not None:
                 real_feats.append(features(real).double().cpu())
