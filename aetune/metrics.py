@@ -76,6 +76,11 @@ def rgb_to_y(x: Tensor) -> Tensor:
     return (x * w).sum(dim=1, keepdim=True) / 255.0 + 16.0 / 255.0
 
 
+def psnr_from_mse(mse_value: Tensor, data_range: float = 1.0) -> Tensor:
+    """``10 log10(data_range^2 / MSE)`` in dB, at most 100 dB (``MSE_FLOOR``); any shape, float32 in and out."""
+    return 10.0 * torch.log10(data_range**2 / mse_value.clamp_min(MSE_FLOOR * data_range**2))
+
+
 @torch.no_grad()
 def psnr(a: Tensor, b: Tensor, y_channel: bool = False, data_range: float = 1.0) -> Tensor:
     """Peak signal-to-noise ratio per image, in dB, at most 100 dB (identical images; see ``MSE_FLOOR``).
@@ -92,7 +97,7 @@ def psnr(a: Tensor, b: Tensor, y_channel: bool = False, data_range: float = 1.0)
     a, b = a.float(), b.float()
     if y_channel:
         a, b = rgb_to_y(a), rgb_to_y(b)
-    return 10.0 * torch.log10(data_range**2 / mse(a, b).clamp_min(MSE_FLOOR * data_range**2))
+    return psnr_from_mse(mse(a, b), data_range)
 
 
 def _gaussian_window(device: torch.device) -> Tensor:

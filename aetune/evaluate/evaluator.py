@@ -174,7 +174,7 @@ def evaluate_split(
             per_item = {k: v.view(-1, t_out).mean(1) if t_out > 1 else v for k, v in scores.items()}  # clip / volume
             if volume:  # PSNR over the whole volume (the mean of its slices' PSNR rewards reproduced empty padding)
                 per_item["psnr_slices"] = per_item["psnr"]
-                per_item["psnr"] = 10.0 * torch.log10(1.0 / per_item["mse"].clamp_min(metrics.MSE_FLOOR))
+                per_item["psnr"] = metrics.psnr_from_mse(per_item["mse"])
             for name, value in per_item.items():
                 per_image.setdefault(name, []).append(value.double().cpu())
             if features is not None:

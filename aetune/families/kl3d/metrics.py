@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from aetune.metrics import MSE_FLOOR
+from aetune.metrics import psnr_from_mse
 from aetune.optional import require
 
 SSIM_WINDOW = 11
@@ -36,7 +36,7 @@ def volume_psnr(a: Tensor, b: Tensor) -> Tensor:
     """
     _check_volumes(a, b)
     mse = (a.float() - b.float()).pow(2).mean(dim=(1, 2, 3, 4))
-    return 10.0 * torch.log10(1.0 / mse.clamp_min(MSE_FLOOR))
+    return psnr_from_mse(mse)
 
 
 @torch.no_grad()
