@@ -69,8 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from aetune.config import family_schema
-    from aetune.setup.hub import attach_recorded_weights, recorded_weight
+    from aetune.setup.hub import attach_recorded_weights, recorded_release
     from aetune.train.flags import build_config
     from aetune.train.runner import TrainRequest, is_primary, run_training
 
@@ -82,9 +81,8 @@ def main(args: argparse.Namespace) -> int:
     work_dir = resolve_work_dir(args)
     attach_recorded_weights(cfg, work_dir)
     pretrained = args.pretrained_path
-    released = family_schema(cfg.model.family).released  # the family's released model (registry names), if any
-    if pretrained is None and not args.from_scratch and released and not cfg.model.args:
-        pretrained = recorded_weight(work_dir, released[0])  # the released model step 2 fetched
+    if pretrained is None and not args.from_scratch:
+        pretrained = recorded_release(cfg, work_dir)  # the family's released model, if step 2 fetched it
         if pretrained is not None:
             log.info("--pretrained_path not given: starting from %s (step 2); --from_scratch to not", pretrained)
     req = TrainRequest(

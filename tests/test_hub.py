@@ -294,6 +294,18 @@ def test_recorded_weights_reach_the_run_config(tmp_path, monkeypatch):
     assert hub.recorded_weight(work, "dinov2_vitl14") is None
 
 
+def test_step4_starts_from_the_familys_recorded_release_only_at_its_released_options(tmp_path):
+    from aetune.config import load_config
+
+    work = tmp_path / "work"
+    vavae = load_config("vavae")
+    assert hub.recorded_release(vavae, work) is None  # step 2 has not fetched it
+    release = _record(work, "vavae")
+    assert hub.recorded_release(vavae, work) == release
+    assert hub.recorded_release(load_config("vavae", ["model.args.ch=64"]), work) is None  # would not fit
+    assert hub.recorded_release(load_config("kl"), work) is None  # kl registers no released model
+
+
 CORRUPT_MANIFESTS = {
     "empty": (b"", "is empty"),
     "truncated": (b'{"lpips_vgg16": {"path": "/w/vgg.pth", "by', "is not valid JSON"),

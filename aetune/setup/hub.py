@@ -22,7 +22,7 @@ from typing import Any
 from huggingface_hub import hf_hub_download
 from tqdm.auto import tqdm
 
-from aetune.config import Config
+from aetune.config import Config, family_schema
 from aetune.errors import AetuneError, InvalidArgument
 from aetune.io import atomic_path, atomic_write_json, read_json
 from aetune.safe_load import CheckpointError, sniff
@@ -442,6 +442,16 @@ def recorded_weight(work_dir: Path, name: str) -> Path | None:
     except WeightsUnavailable as e:
         log.debug("%s", e)
         return None
+
+
+def recorded_release(cfg: Config, work_dir: Path) -> Path | None:
+    """The released model step 2 recorded for ``cfg``'s family (``released`` in its schema), the start of a
+    fine-tune without ``--pretrained_path``; None when the family has none, when ``model.args`` change the
+    architecture (the released file would not fit), or when step 2 did not fetch it."""
+    released = family_schema(cfg.model.family).released
+    if not released or cfg.model.args:
+        return None
+    return recorded_weight(work_dir, released[0])
 
 
 def attach_recorded_weights(cfg: Config, work_dir: Path) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from aetune.cli import run_main
-from aetune.config import Config, load_config
+from aetune.config import Config, ModelConfig, family_schema, load_config
 from aetune.data.feature_cache import FeatureCache
 from aetune.recipes import StepContext
 from aetune.setup.env import advise_precision, gpu_facts
@@ -45,7 +45,8 @@ CLEAR_REFS = Path("/proc/self/clear_refs")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="vavae", help="preset name or YAML path")
+    default = family_schema(ModelConfig().family).default_preset  # the default family's preset
+    p.add_argument("--config", default=default, help=f"preset name or YAML path (default {default})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--steps", type=int, default=10, help="timed steps (after --warmup untimed ones)")
