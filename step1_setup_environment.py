@@ -28,6 +28,7 @@ from aetune.setup.env import (
     collect_environment,
     family_requirements,
     install_requirements,
+    requirement_names,
 )
 from aetune.setup.weights_registry import MODELS
 from aetune.train.disk_budget import disk_plan
@@ -120,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
     work_dir = resolve_work_dir(args)
     cfg = load_config(args.config, args.overrides) if args.config or args.overrides else None
     families = [f.strip() for f in args.family.split(",") if f.strip()] if args.family else []
-    families = families or ([cfg.model.family] if cfg else [])
+    families = families or (requirement_names(cfg) if cfg else [])
     extras = [p for f in families if (p := family_requirements(f, FAMILY_REQUIREMENTS)) is not None]
     stages = parse_stages(args.stages, cfg) if cfg else []
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ PIP_NAMES = {
     "pytorch_lightning": "pytorch-lightning",
     "lightning": "pytorch-lightning",
     "pytorch_fid": "pytorch-fid",
+    "open_clip": "open-clip-torch",
 }
 """Import name -> PyPI name, where they differ or where the install hint should be exact."""
 REPO = Path(__file__).resolve().parent.parent

@@ -18,6 +18,7 @@ from aetune.data.kinds import get_data_kind
 from aetune.data.paired import prepare_paired_dataset
 from aetune.data.prepared import load_prepared
 from aetune.data.synthetic.paired import generate_paired_dataset
+from aetune.losses import generator_loss
 from aetune.recipes.base import StepContext
 from aetune.tasks.restoration.losses import RestorationWeights, restoration_objective
 from aetune.tasks.restoration.options import RestorationLossConfig
@@ -29,7 +30,7 @@ TINY = {
         "task": "restoration",
         "args": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "resolution": 32},
     },
-    "discriminator": {"ndf": 8, "n_layers": 2},
+    "discriminator": {"kind": "patchgan", "ndf": 8, "n_layers": 2},
     "loss": {"lpips_weight": 0.0, "lpips_pretrained": False, "ssim_weight": 1.0, "disc_start": 0},
     "data": {"image_size": 32, "num_workers": 0},
     "train": {
@@ -56,7 +57,7 @@ def test_objective_matches_a_hand_computation() -> None:
             return 0.5 * (a - b).abs().mean(dim=(1, 2, 3), keepdim=True)
 
     w = RestorationWeights(l1=2.0, l2=2.0, lpips=3.0, ssim=1.0, gan=0.3)
-    terms = restoration_objective(gt, out, w, HalfL1(), logits)
+    terms = restoration_objective(gt, out, w, HalfL1(), generator_loss(logits))  # the PatchGAN's G loss
     l1, l2 = (out - gt).abs().mean(), ((out - gt) ** 2).mean()
     assert terms["l1"].item() == pytest.approx(l1.item()) and terms["l2"].item() == pytest.approx(l2.item())
     assert terms["lpips"].item() == pytest.approx(0.5 * l1.item())

@@ -162,6 +162,17 @@ def test_family_installs_its_requirements_through_the_pinned_pip(tmp_path, machi
     assert code == 0 and machine["pip_calls"] == [] and len(data["requirements"]) == 2
 
 
+def test_a_task_config_installs_the_tasks_requirements_too(tmp_path, machine, monkeypatch):
+    extras = tmp_path / "requirements"
+    extras.mkdir()
+    (extras / "restoration.txt").write_text("aetune-not-a-real-task-extra>=1.0\n")
+    monkeypatch.setattr(step1, "FAMILY_REQUIREMENTS", extras)
+    code, data = run(tmp_path, machine, "--config", "restoration_demo")
+    (args,) = machine["pip_calls"]
+    assert code == 0 and args[-1] == "aetune-not-a-real-task-extra>=1.0"
+    assert "aetune-not-a-real-task-extra>=1.0" in {r["requirement"] for r in data["requirements"]}
+
+
 def test_unknown_family_is_one_line_listing_the_valid_ones(tmp_path, machine, monkeypatch, capsys):
     extras = tmp_path / "requirements"
     extras.mkdir()

@@ -25,7 +25,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from aetune.config import DataConfig, schema_families
+from aetune.config import RECONSTRUCTION, Config, DataConfig, schema_families
 from aetune.errors import AetuneError
 from aetune.paths import KAGGLE_WORKING
 
@@ -385,6 +385,12 @@ def check_requirements(path: Path) -> list[RequirementStatus]:
         ok = have is not None and req.specifier.contains(have, prereleases=True)
         out.append(RequirementStatus(line, name, have, ok, name in PROTECTED))
     return out
+
+
+def requirement_names(cfg: Config) -> list[str]:
+    """The extras a config needs: its family's, and its task's (``requirements/restoration.txt``) unless the task is
+    plain reconstruction."""
+    return [cfg.model.family, *([cfg.model.task] if cfg.model.task != RECONSTRUCTION else [])]
 
 
 def family_requirements(family: str, folder: Path) -> Path | None:

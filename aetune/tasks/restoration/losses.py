@@ -1,9 +1,10 @@
 """The paired restoration objective (HYPIR fork): weighted L1, L2, LPIPS, SSIM and GAN terms of output vs GT.
 
-``total = w_l1 |y - gt|_1 + w_l2 |y - gt|_2^2 + w_lpips LPIPS(y, gt) + w_ssim (1 - SSIM(y, gt)) + w_gan (-D(y))``,
-every term a batch mean on [-1, 1] images (``F.l1_loss`` / ``F.mse_loss`` / ``lpips(...).mean()`` of the fork).
-The GAN weight is fixed, as in the fork (no adaptive weight). Unlike the fork's, the SSIM term has a gradient
-(``aetune.losses.ssim``).
+``total = w_l1 |y - gt|_1 + w_l2 |y - gt|_2^2 + w_lpips LPIPS(y, gt) + w_ssim (1 - SSIM(y, gt)) + w_gan G(y)``,
+every term a batch mean on [-1, 1] images (``F.l1_loss`` / ``F.mse_loss`` / ``lpips(...).mean()`` of the fork);
+``G(y)`` is the discriminator's generator loss (the fork's CLIP discriminator: its multi-level BCE against 0.8;
+the PatchGAN: ``-mean D(y)``). The GAN weight is fixed, as in the fork (no adaptive weight). Unlike the fork's,
+the SSIM term has a gradient (``aetune.losses.ssim``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aetune.losses.adversarial import generator_loss
 from aetune.losses.ssim import ssim_differentiable
 
 TERMS = ("l1", "l2", "lpips", "ssim", "gan")
@@ -39,19 +39,19 @@ def restoration_objective(
     out: Tensor,
     weights: RestorationWeights,
     perceptual: nn.Module | None = None,
-    logits_fake: Tensor | None = None,
+    gan: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The generator loss of a restoration batch.
 
     Computed in float32 with autocast off (LPIPS' channel normalisation overflows in float16). A term with
-    weight 0 is neither computed nor logged; the GAN term needs ``logits_fake`` (None: not active yet).
+    weight 0 is neither computed nor logged; the GAN term needs ``gan`` (None: not active yet).
 
     Args:
         gt: (B, 3, H, W) clean targets in [-1, 1].
         out: (B, 3, H, W) restored outputs (with graph), nominally [-1, 1].
         weights: the term weights.
         perceptual: LPIPS taking [-1, 1] images (required when ``weights.lpips > 0``).
-        logits_fake: D(out) computed with the discriminator frozen, or None.
+        gan: the generator's adversarial loss of ``out`` (0-dim, with graph; the discriminator frozen), or None.
 
     Returns:
         ``total`` (0-dim, with graph); per term, ``<term>`` the unweighted value (detached; for ``ssim`` the SSIM
@@ -72,8 +72,8 @@ def restoration_objective(
         if weights.ssim > 0:
             raw["ssim"] = ssim_differentiable(t, y).mean()
             losses["ssim"] = 1.0 - raw["ssim"]
-        if weights.gan > 0 and logits_fake is not None:
-            losses["gan"] = raw["gan"] = generator_loss(logits_fake)
+        if weights.gan > 0 and gan is not None:
+            losses["gan"] = raw["gan"] = gan.float()
         weighted = {k: getattr(weights, k) * v for k, v in losses.items()}
         total = sum(weighted.values(), torch.zeros((), device=gt.device))
     return {"total": total, **{k: v.detach() for k, v in raw.items()}, **{f"w_{k}": v for k, v in weighted.items()}}

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from aetune.config import FamilySchema, bounds, register_task
+from aetune.config import Config, FamilySchema, bounds, choices, register_task
 from aetune.nn.options import DiscriminatorConfig
+from aetune.tasks.restoration.weights import CLIP_MODEL, CLIP_WEIGHT
 
 TASK = "restoration"
 DATA_KIND = "pair"
+CLIP_CONVNEXT, PATCHGAN = "clip_convnext", "patchgan"
+"""``discriminator.kind``: the fork's frozen CLIP ConvNeXt with multi-level heads, or the PatchGAN (CPU, tests)."""
 
 
 @dataclass
@@ -51,16 +54,43 @@ class RestorationConfig:
     crop_border: int = field(default=0, metadata=bounds(0, 64))  # pixels cut per side before PSNR/SSIM (SR: scale)
 
 
+@dataclass
+class RestorationDiscriminatorConfig(DiscriminatorConfig):
+    """The task's discriminator (``aetune.tasks.restoration.discriminator``); ``ndf``, ``n_layers``: the PatchGAN's.
+
+    ``clip_convnext`` (the fork's ``ImageConvNextDiscriminator``) needs ``open-clip-torch`` and the CLIP weights of
+    step 2 (``--only clip_convnext_xxlarge``); ``patchgan`` needs neither (CPU demos, tests).
+    """
+
+    kind: str = field(default=CLIP_CONVNEXT, metadata=choices(CLIP_CONVNEXT, PATCHGAN))  # the fork's D
+    clip_model: str = CLIP_MODEL  # an open_clip model name with a timm ConvNeXt tower (fork: convnext_xxlarge)
+    pretrained: bool = True  # False: a random CLIP tower (tests only: a GAN against random features)
+    weights_path: str | None = None  # the open_clip file; None: the one step 2 recorded (attached by step 4)
+    trunk_dtype: str = field(default="auto", metadata=choices("auto", "bfloat16", "float16", "float32"))
+    # auto: bfloat16 (the fork's) on GPUs with bf16 kernels (compute capability >= 8), float16 on older GPUs (T4),
+    # float32 without CUDA; the heads always run in float32
+
+    def step2_weight(self, cfg: Config) -> str | None:
+        """The step 2 entry of the CLIP trunk when the run trains against it (``weights_registry.section_weight``:
+        step 2 ``--config`` fetches it, step 4 sets ``weights_path`` to the recorded file); None otherwise."""
+        gan = cfg.loss.gan_weight > 0 and cfg.loss.disc_start >= 0
+        return CLIP_WEIGHT if gan and self.kind == CLIP_CONVNEXT and self.clip_model == CLIP_MODEL else None
+
+
 def restoration_schema(base: FamilySchema) -> FamilySchema:
     """``base`` (a 2-D family's schema) with the task's sections and data kind in place of its own.
 
-    Kept from the family: its name and its non-loss sections other than ``teacher`` (e.g. a discriminator
-    section); replaced: ``loss``; added: ``discriminator`` (PatchGAN) when the family has none, ``restoration``.
+    Kept from the family: its name and its other sections; replaced: ``loss`` and ``discriminator`` (the task
+    builds its own, whatever the family's is); dropped: ``teacher``; added: ``restoration``.
     """
     sections = {k: v for k, v in base.sections.items() if k not in ("loss", "teacher")}
-    sections.setdefault("discriminator", DiscriminatorConfig)
-    sections |= {"loss": RestorationLossConfig, TASK: RestorationConfig}
-    tiny = {k: v for k, v in base.tiny.items() if k not in ("loss", "teacher")}
+    sections |= {
+        "loss": RestorationLossConfig,
+        "discriminator": RestorationDiscriminatorConfig,
+        TASK: RestorationConfig,
+    }
+    tiny = {k: v for k, v in base.tiny.items() if k not in ("loss", "teacher", "discriminator")}
+    tiny["discriminator"] = {"kind": PATCHGAN, "ndf": 8, "n_layers": 2}  # CPU-sized, no CLIP weights
     tiny["loss"] = {"lpips_weight": 0.0, "lpips_pretrained": False, "ssim_weight": 1.0, "disc_start": 0}
     tiny["train"] = {**base.tiny.get("train", {}), "monitor": "val/PSNR"}  # no LPIPS: no val/Final_Score
     return replace(base, sections=sections, data_kind=DATA_KIND, default_preset=TASK, tiny=tiny)

@@ -3,13 +3,17 @@
 Generator phase: encode the degraded input, decode (a posterior sample for KL families, as HYPIR samples its
 VAE latent; the plain latents otherwise), and score the output against the clean target with
 ``aetune.losses.restoration_objective`` (L1, L2, LPIPS, SSIM, a fixed-weight GAN term after ``disc_start``).
-Discriminator phase: PatchGAN hinge loss on GT (real) and the detached output (fake), two calls as the
-reconstruction recipes. The fork alternates G and D batches; here both run on every batch, as every recipe.
+Discriminator (``discriminator.kind``): the fork's frozen CLIP ConvNeXt with trained multi-level heads and its
+BCE loss (targets 0.8 / 0; ``aetune.tasks.restoration.discriminator``), or a PatchGAN with the hinge loss. Its
+phase scores GT (real) and the detached output (fake), one call each. The fork alternates G and D batches; here
+both run on every batch, as every recipe.
 Logged names follow the fork's dashboards: ``val/PSNR``, ``val/<Type>/PSNR``, ``grad_norm/conv_out_l1``, ...
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,19 +23,29 @@ from aetune.config import Config
 from aetune.data.cache import to_model_range
 from aetune.data.kinds.pair import register_pair_kind
 from aetune.errors import AetuneError
-from aetune.losses import build_lpips, discriminator_objective
+from aetune.losses import build_lpips, discriminator_objective, generator_loss
 from aetune.models import create_autoencoder
 from aetune.nn.patchgan import NLayerDiscriminator
 from aetune.recipes import get_recipe, register_task_recipe
 from aetune.recipes.base import Networks, PhaseResult, Recipe, StepContext, frozen
+from aetune.tasks.restoration.clip_features import ClipConvNextFeatures, trunk_dtype
+from aetune.tasks.restoration.discriminator import (
+    ClipConvNextHeads,
+    clip_discriminator_objective,
+    clip_generator_loss,
+)
 from aetune.tasks.restoration.losses import TERMS, RestorationWeights, restoration_objective
 from aetune.tasks.restoration.metrics import restoration_metrics
-from aetune.tasks.restoration.options import TASK
+from aetune.tasks.restoration.options import CLIP_CONVNEXT, TASK
+
+log = logging.getLogger(__name__)
 
 VAL_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "final_score": "Final_Score"}
 """Metric -> the fork's validation key (``val/PSNR``, ``val/Blur/PSNR``): runs compare on the fork's dashboards."""
 GRAD_NORM_NAMES = {t: f"conv_out_{'disc' if t == 'gan' else t}" for t in TERMS}
 """Term -> the fork's gradient-norm key (``grad_norm/conv_out_l1``; it names the GAN term ``disc``)."""
+CLIP_MIN_SIZE = 64
+"""The smallest training size of the CLIP discriminator: its last map head needs 4 x 4 features (stride 16)."""
 
 
 def check_logged_names(cfg: Config, stage: str) -> None:
@@ -64,6 +78,12 @@ class RestorationRecipe(Recipe):
         # The kind API carries only the image size: bind the validation options now, before any data module (every
         # rank builds its recipe first), also for recipes that subclass this one.
         register_pair_kind(cfg.restoration.native_val, cfg.restoration.num_samples_per_type)
+        self.clip = cfg.discriminator.kind == CLIP_CONVNEXT
+        if self.clip and cfg.data.image_size < CLIP_MIN_SIZE:
+            raise AetuneError(
+                f"discriminator.kind clip_convnext needs data.image_size >= {CLIP_MIN_SIZE} (got "
+                f"{cfg.data.image_size}): use --set discriminator.kind=patchgan"
+            )
 
     def build(self) -> Networks:
         cfg = self.cfg
@@ -76,13 +96,28 @@ class RestorationRecipe(Recipe):
             autoencoder.freeze_encoder_levels(cfg.model.freeze_encoder_levels)
         if cfg.model.gradient_checkpointing:
             autoencoder.set_gradient_checkpointing(True)
-        disc = None
-        if self.loss.gan_weight > 0 and self.loss.disc_start >= 0:
-            disc = NLayerDiscriminator(ndf=cfg.discriminator.ndf, n_layers=cfg.discriminator.n_layers)
         nets: dict[str, nn.Module] = {}
         if self.loss.lpips_weight > 0 or self.loss.lpips_pretrained:
             nets["perceptual"] = build_lpips(self.loss.lpips_pretrained)
+        disc = None
+        if self.loss.gan_weight > 0 and self.loss.disc_start >= 0:
+            if self.clip:  # the trunk is a frozen network: not checkpointed, not in the D optimizer, not averaged
+                d = cfg.discriminator
+                nets["clip_trunk"] = trunk = ClipConvNextFeatures(
+                    d.clip_model, d.pretrained, d.weights_path, trunk_dtype(d.trunk_dtype)
+                )
+                disc = ClipConvNextHeads(trunk.map_channels, trunk.embed_dim)
+            else:
+                disc = NLayerDiscriminator(ndf=cfg.discriminator.ndf, n_layers=cfg.discriminator.n_layers)
         return Networks(autoencoder, disc, nets)
+
+    def d_logits(self, images: Tensor) -> Any:
+        """Discriminator logits of (B, 3, H, W) images in [-1, 1]: a list per level (CLIP; ``MultiLevelDConv``) or
+        (B, 1, h, w) (PatchGAN). Gradients reach ``images`` through the frozen trunk."""
+        assert self.discriminator is not None
+        if self.clip:
+            return self.discriminator(self.nets.frozen["clip_trunk"](images))  # type: ignore[union-attr]
+        return self.discriminator(images)
 
     @property
     def weights(self) -> RestorationWeights:
@@ -118,22 +153,32 @@ class RestorationRecipe(Recipe):
         enc = self.autoencoder.encode(x)
         z = enc.latents if enc.latent_dist is None else enc.latent_dist.sample(generator=ctx.generator)
         out = self.autoencoder.decode(z).sample  # (B, 3, H, W)
-        logits_fake = None
+        gan = None
         if self.discriminator is not None and self.phase_active("d", ctx.batch):
+            if self.clip:
+                self.discriminator.eval()  # as the fork: no spectral-norm power iteration in the G phase
             with frozen(self.discriminator):  # the G loss must not leave gradients in D
-                logits_fake = self.discriminator(out)
-        terms = restoration_objective(target, out, self.weights, self.perceptual, logits_fake)
+                logits = self.d_logits(out)
+                gan = clip_generator_loss(logits) if self.clip else generator_loss(logits)
+        terms = restoration_objective(target, out, self.weights, self.perceptual, gan)
         total = terms.pop("total")
         parts = {GRAD_NORM_NAMES[k[2:]]: v for k, v in terms.items() if k.startswith("w_")} if ctx.parts else {}
         logs = {k: v for k, v in terms.items() if not k.startswith("w_")}
         return PhaseResult(total, logs, parts, {"real": target, "fake": out})
 
     def discriminator_step(self, x: Tensor, target: Tensor, g: PhaseResult, ctx: StepContext) -> PhaseResult:
-        """Hinge loss on GT and the detached output (two calls: per-call BatchNorm statistics)."""
+        """GT real, the detached output fake, one call each (the PatchGAN's per-call BatchNorm statistics): the
+        fork's BCE (CLIP; the trunk without a graph, only the heads train) or the hinge loss (PatchGAN)."""
         assert self.discriminator is not None
-        terms = discriminator_objective(
-            self.discriminator(g.carry["real"]), self.discriminator(g.carry["fake"].detach())
-        )
+        real, fake = g.carry["real"], g.carry["fake"].detach()
+        if self.clip:
+            self.discriminator.train()
+            with torch.no_grad():
+                trunk = self.nets.frozen["clip_trunk"]  # type: ignore[union-attr]
+                features = trunk(real), trunk(fake)
+            terms = clip_discriminator_objective(*(self.discriminator(f) for f in features))
+        else:
+            terms = discriminator_objective(self.discriminator(real), self.discriminator(fake))
         return PhaseResult(terms["total"], {"logits_real": terms["logits_real"], "logits_fake": terms["logits_fake"]})
 
     def validation_values(
@@ -163,8 +208,22 @@ class RestorationRecipe(Recipe):
         return {"task": TASK, "lpips": self.loss.lpips_pretrained}
 
     def load_pretrained(self, path: str) -> str:
-        """The family's own loader of released weights (it reads ``self.autoencoder`` and ``self.discriminator``)."""
-        return get_recipe(self.cfg.model.family).load_pretrained(self, path)  # type: ignore[arg-type]
+        """The family's own loader of released weights (it reads ``self.autoencoder`` and ``self.discriminator``).
+
+        A CLIP discriminator is hidden from it: a released PatchGAN (VA-VAE's ``loss.discriminator.*``) does not
+        fit the CLIP heads, so the loader skips those keys as for a model without a discriminator.
+        """
+        load = get_recipe(self.cfg.model.family).load_pretrained
+        if not self.clip or self.discriminator is None:
+            return load(self, path)  # type: ignore[arg-type]
+        assert self.nets is not None
+        nets, self.nets = self.nets, replace(self.nets, discriminator=None)
+        try:
+            what = load(self, path)  # type: ignore[arg-type]
+        finally:
+            self.nets = nets
+        log.info("discriminator.kind clip_convnext: any released PatchGAN weights in %s were skipped", path)
+        return f"{what}; the CLIP discriminator's heads start from random weights"
 
 
 register_task_recipe(TASK, RestorationRecipe)
