@@ -192,7 +192,10 @@ def test_step3_prepares_synthetic_videos(tmp_path: Path) -> None:
 
 def test_teacher_latents_come_from_the_feature_cache(tmp_path: Path) -> None:
     path, stats, _ = teacher_file(tmp_path)
-    r = recipe(TinyRecipe, "taesd_demo", *STUDENT, f"distill.teacher={path}", f"distill.latent_stats={stats}")
+    r = recipe(
+        TinyRecipe, "taesd_demo", *STUDENT, f"distill.teacher={path}", f"distill.latent_stats={stats}",
+        "distill.latents=sample",  # the references' (taesd_psnr, the demo's base, takes the mode)
+    )  # fmt: skip
     images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
     cache = r.prepare_feature_cache(images.numpy(), tmp_path, torch.device("cpu"), progress=False)
     assert cache is not None and len(cache) == 3
@@ -209,3 +212,35 @@ def test_teacher_latents_come_from_the_feature_cache(tmp_path: Path) -> None:
     torch.testing.assert_close(r.teacher_latents(x, generator=torch.Generator()), mean, rtol=1e-3, atol=2e-3)
     off = recipe(TinyRecipe, "taesd_demo", *STUDENT, f"distill.teacher={path}", "distill.cache=false")
     assert off.prepare_feature_cache(images.numpy(), tmp_path, torch.device("cpu"), progress=False) is None
+
+
+def test_teacher_decodes_of_the_mode_come_from_the_cache(tmp_path: Path) -> None:
+    """taesd_psnr's regime (decoder distillation, ``distill.latents: mode``): a cached step never runs the teacher's
+    decoder and gives the uncached step's loss; with ``sample`` there is no decode cache."""
+    path, stats, _ = teacher_file(tmp_path)
+    teacher = [*STUDENT, f"distill.teacher={path}", f"distill.latent_stats={stats}", "loss.dec_distill_weight=0.5"]
+    images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    x = images[:2].permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    def step(r: TinyRecipe) -> dict[str, torch.Tensor]:
+        out = r.generator_step(x, x, StepContext(batch=0, generator=torch.Generator().manual_seed(3), parts=True))
+        return {k: v.detach() for k, v in out.parts.items()}
+
+    uncached = step(recipe(TinyRecipe, "taesd_demo", *teacher))  # taesd_psnr's (the demo's base) latents: mode
+    r = recipe(TinyRecipe, "taesd_demo", *teacher)
+    r.prepare_feature_cache(images.numpy(), tmp_path, torch.device("cpu"), progress=False)
+    assert r.decode_cache is not None and len(r.decode_cache) == 3
+    calls = []
+    decode = r.teacher.decode
+    r.teacher.decode = lambda z: calls.append(z) or decode(z)  # type: ignore[method-assign]  (counting teacher)
+    cached = step(r)
+    assert calls == []  # the teacher's decoder did not run in the cached step
+    assert set(cached) == set(uncached) >= {"dec_distill", "enc_distill", "rec"}
+    for k in uncached:
+        torch.testing.assert_close(cached[k], uncached[k], rtol=2e-3, atol=1e-4, msg=k)  # float16 rows
+    r.teacher_decode(torch.zeros_like(x), r.teacher_latents(torch.zeros_like(x)))  # an image not in the cache
+    assert len(calls) == 1  # ... is decoded by the teacher
+
+    s = recipe(TinyRecipe, "taesd_demo", *teacher, "distill.latents=sample")  # the references' draws
+    s.prepare_feature_cache(images.numpy(), tmp_path, torch.device("cpu"), progress=False)
+    assert s.feature_cache is not None and s.decode_cache is None  # a fresh draw's decode cannot be cached

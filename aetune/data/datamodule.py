@@ -6,12 +6,15 @@ the stream from position ``n``, and DDP rank ``r`` of ``W`` takes the ``r``-th o
 step. A run resumed after ``n`` images (from ``last.ckpt``) therefore sees exactly the images an uninterrupted
 run would, without Lightning's mid-epoch loader state, also on another number of devices: every image is seen
 once per epoch whatever the step size (a step that crosses an epoch's end takes the next epoch's first items).
+A dataset whose items are drawn anew each epoch (``keyed_by_epoch``: random clips and crops) is indexed by
+``(index, seed, epoch)`` instead, so its draws follow the same stream in every worker and on every rank.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -37,7 +40,7 @@ def batches_per_epoch(num_items: int, batch_size: int, world_size: int) -> int:
     return n
 
 
-class StageBatchSampler(Sampler[list[int]]):
+class StageBatchSampler(Sampler[list[Any]]):
     """Batches of indices for one pass, starting where the stage's image counter says (see the module docstring).
 
     Each ``iter()`` yields steps from stream position ``position()`` until the step that reaches the end of that
@@ -50,6 +53,7 @@ class StageBatchSampler(Sampler[list[int]]):
         seed: seeds the per-epoch permutations.
         position: the images the stage has trained, all ranks together (restored from checkpoints).
         rank, world_size: this process's DDP rank and the number of ranks.
+        keyed: yield ``(index, seed, epoch)`` keys instead of indices (a ``keyed_by_epoch`` dataset).
     """
 
     def __init__(
@@ -60,10 +64,11 @@ class StageBatchSampler(Sampler[list[int]]):
         position: Callable[[], int],
         rank: int = 0,
         world_size: int = 1,
+        keyed: bool = False,
     ) -> None:
         self.batches_per_epoch = batches_per_epoch(num_items, batch_size, world_size)
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
-        self.position, self.rank, self.world_size = position, rank, world_size
+        self.position, self.rank, self.world_size, self.keyed = position, rank, world_size, keyed
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -72,16 +77,17 @@ class StageBatchSampler(Sampler[list[int]]):
         """The permutation of data epoch ``epoch``: (num_items,) int64."""
         return torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + epoch))
 
-    def items(self, start: int, count: int) -> list[int]:
+    def items(self, start: int, count: int) -> list[Any]:
         """The ``count`` items at stream positions ``start``, ``start + 1``, ... (across epoch boundaries)."""
-        out: list[int] = []
+        out: list[Any] = []
         epoch, offset = divmod(start, self.num_items)
         while len(out) < count:
-            out += self.epoch_order(epoch)[offset : offset + count - len(out)].tolist()
+            order = self.epoch_order(epoch)[offset : offset + count - len(out)].tolist()
+            out += [(i, self.seed, epoch) for i in order] if self.keyed else order
             epoch, offset = epoch + 1, 0
         return out
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[Any]]:
         position = self.position()
         step = self.batch_size * self.world_size
         end = (position // self.num_items + 1) * self.num_items  # this pass ends with the epoch it starts in
@@ -148,7 +154,8 @@ class ImageDataModule(pl.LightningDataModule):
         assert self.train_set is not None, "setup() runs before the loaders"
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = StageBatchSampler(len(self.train_set), self.batch_size, self.seed, self.position, rank, world)
+        keyed = getattr(self.train_set, "keyed_by_epoch", False)
+        sampler = StageBatchSampler(len(self.train_set), self.batch_size, self.seed, self.position, rank, world, keyed)
         return DataLoader(
             self.train_set,
             batch_sampler=sampler,

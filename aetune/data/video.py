@@ -11,9 +11,10 @@ shorter than ``min_frames``, frame rates outside ``FPS_RANGE``, frames smaller t
 changing size, unreadable frames of a frame folder, and images lying loose in a user folder.
 
 Training never decodes a video twice: ``build_clip_cache`` writes each video once, resized to the clip
-resolution and subsampled by the frame stride, as a uint8 ``.npy`` (T, H, W, 3) under
-``cache/video_<H>x<W>_s<stride>/``, keyed by the file's size and modification time; ``VideoClips`` then
-memory-maps those files and serves non-overlapping clips of ``frames`` frames.
+resolution (or, for random resized crops, to a bounded short side with the aspect kept) and subsampled by the
+frame stride, as a uint8 ``.npy`` (T, H, W, 3) under ``cache/video_<H>x<W>_s<stride>/`` (``video_short<S>_s<stride>``),
+keyed by the file's size and modification time; ``VideoClips`` then memory-maps those files and serves
+non-overlapping clips of ``frames`` frames (``aetune.data.kinds.video.RandomClips`` the training draws).
 """
 
 from __future__ import annotations
@@ -323,9 +324,22 @@ def prepare_video_dataset(
     )
 
 
-def _resized(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W, 3) uint8 -> (height, width, 3) uint8, bicubic (the images' rule, ``load_rgb_resized``)."""
-    height, width = size
+FrameSize = tuple[int, int] | int
+"""How cached frames are sized: (height, width) exactly, or an int S: the short side at most S, aspect kept (frames
+random resized crops are cut from; never upscaled)."""
+
+
+def frame_shape(height: int, width: int, size: FrameSize) -> tuple[int, int]:
+    """The (height, width) a frame of ``height`` x ``width`` is cached at under ``size`` (see :data:`FrameSize`)."""
+    if isinstance(size, tuple):
+        return size
+    scale = min(1.0, size / min(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _resized(rgb: np.ndarray, size: FrameSize) -> np.ndarray:
+    """(H, W, 3) uint8 -> (height, width, 3) uint8 per :func:`frame_shape`, bicubic (the images' rule)."""
+    height, width = frame_shape(rgb.shape[0], rgb.shape[1], size)
     if rgb.shape[:2] == (height, width):
         return rgb
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC))
@@ -361,18 +375,23 @@ def iter_frames(path: Path) -> Iterator[np.ndarray]:
         ) from e
 
 
-def decode_video(path: Path, size: tuple[int, int], stride: int = 1) -> np.ndarray:
-    """Every ``stride``-th frame of ``path``, resized: (T, height, width, 3) uint8, T = ceil(frames / stride)."""
+def decode_video(path: Path, size: FrameSize, stride: int = 1) -> np.ndarray:
+    """Every ``stride``-th frame of ``path``, resized per ``size``: (T, H, W, 3) uint8, T = ceil(frames / stride)."""
     frames = [_resized(rgb, size) for i, rgb in enumerate(iter_frames(path)) if i % stride == 0]
     if not frames:
         raise AetuneError(f"{path} has no frames; re-run step 3 to re-scan the dataset")
     return np.stack(frames)
 
 
-def _source_key(path: Path, size: tuple[int, int], stride: int) -> str:
+def _size_name(size: FrameSize) -> str:
+    """``16x24`` for an exact size, ``short64`` for a bounded short side."""
+    return f"{size[0]}x{size[1]}" if isinstance(size, tuple) else f"short{size}"
+
+
+def _source_key(path: Path, size: FrameSize, stride: int) -> str:
     """What a cached video depends on: the file (or frame files) by size and mtime, the resolution, the stride."""
     files = _frame_paths(path) if path.is_dir() else [path]
-    h = hashlib.sha1(f"{size[0]}x{size[1]}/{stride}\n".encode())
+    h = hashlib.sha1(f"{_size_name(size)}/{stride}\n".encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
@@ -388,12 +407,12 @@ def _cached_key(meta: Path) -> str | None:
     return doc.get("key") if isinstance(doc, dict) else None
 
 
-def clip_cache_dir(work_dir: Path, size: tuple[int, int], stride: int) -> Path:
-    """``<work>/cache/video_<H>x<W>_s<stride>/``: one ``.npy`` (+ ``.json`` key) per video."""
-    return Path(work_dir) / CACHE_SUBDIR / f"video_{size[0]}x{size[1]}_s{stride}"
+def clip_cache_dir(work_dir: Path, size: FrameSize, stride: int) -> Path:
+    """``<work>/cache/video_<H>x<W>_s<stride>/`` (or ``video_short<S>_...``): one ``.npy`` (+ ``.json``) per video."""
+    return Path(work_dir) / CACHE_SUBDIR / f"video_{_size_name(size)}_s{stride}"
 
 
-def cached_video(path: Path, relpath: str, cache_dir: Path, size: tuple[int, int], stride: int) -> Path:
+def cached_video(path: Path, relpath: str, cache_dir: Path, size: FrameSize, stride: int) -> Path:
     """The cache file of one video, decoded now unless a valid one exists (written atomically, array first)."""
     name = hashlib.sha1(relpath.encode("utf-8")).hexdigest()[:16]
     out, meta = cache_dir / f"{name}.npy", cache_dir / f"{name}.json"
@@ -405,24 +424,24 @@ def cached_video(path: Path, relpath: str, cache_dir: Path, size: tuple[int, int
     frames = decode_video(path, size, stride)
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.save(f, frames)
-    atomic_write_json(meta, {"key": key, "relpath": relpath, "frames": len(frames), "size": list(size)})
+    atomic_write_json(meta, {"key": key, "relpath": relpath, "frames": len(frames), "size": list(frames.shape[1:3])})
     return out
 
 
 def build_clip_cache(
-    prepared: PreparedData, split: str, size: tuple[int, int], stride: int, work_dir: Path, progress: bool = True
+    prepared: PreparedData, split: str, size: FrameSize, stride: int, work_dir: Path, progress: bool = True
 ) -> list[Path]:
     """Cache every video of ``split`` (see the module docstring); return the files in split order.
 
     Args:
         prepared: step 3's data (video records).
         split: ``train``, ``val`` or ``all``.
-        size: (height, width) of the clips, e.g. the seed's (480, 720).
+        size: (height, width) of the clips, e.g. the seed's (480, 720); or the largest short side (:data:`FrameSize`).
         stride: keep every ``stride``-th frame (1: all).
         work_dir: the work directory.
     """
-    if stride < 1 or min(size) < 1:
-        raise AetuneError(f"clip stride and size must be positive, got stride {stride}, size {list(size)}")
+    if stride < 1 or min(size if isinstance(size, tuple) else (size,)) < 1:
+        raise AetuneError(f"clip stride and size must be positive, got stride {stride}, size {size}")
     cache_dir = clip_cache_dir(work_dir, size, stride)
     samples = prepared.split(split)
     return [
@@ -463,10 +482,10 @@ class VideoClips(Dataset):
         if frames < 1:
             raise AetuneError(f"frames per clip must be >= 1, got {frames}")
         self.files, self.labels, self.frames = files, labels, frames
+        self.lengths = [_cached_frames(f) for f in files]  # cached frames per video
         self.index: list[tuple[int, int]] = []  # (video, first frame)
         short = []
-        for v, f in enumerate(files):
-            n = _cached_frames(f)
+        for v, (f, n) in enumerate(zip(files, self.lengths, strict=True)):
             self.index += [(v, k * frames) for k in range(n // frames)]
             if n < frames:
                 short.append(f"{f.name} ({n})")

@@ -25,6 +25,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from aetune.config import Config, dump_config
 from aetune.data.datamodule import ImageDataModule, batches_per_epoch
+from aetune.data.kinds import get_data_kind
 from aetune.data.prepare import prepare_dataset
 from aetune.data.prepared import SPLIT_FILE, PreparedData, data_dir, load_prepared
 from aetune.data.sources import prepared_kind
@@ -477,7 +478,10 @@ def run_stage(
         return mark_done(stage, state, resumed["batches_seen"], resumed["early_stopped"], req)
     pl.seed_everything(batch_seed(cfg.train.seed, "stage", stage), workers=True, verbose=False)
     spec = cfg.train.stages[stage]
-    per_epoch = batches_per_epoch(len(prepared.train), cfg.train.batch_size, plan.world_size)
+    # An epoch is the items the training loader serves (a video's clips, not the video), sharded as the data
+    # module shards them; a recipe binds its kind's options (the clips) when it is built.
+    kind = get_data_kind(get_recipe(cfg.model.family, cfg.model.task)(cfg, stage).data_kind)
+    per_epoch = batches_per_epoch(kind.count(prepared, "train", req.work_dir), cfg.train.batch_size, plan.world_size)
     total = spec.epochs * per_epoch
     total = min(total, spec.max_steps) if spec.max_steps > 0 else total
     if resumed is not None and resumed["total_batches"] != total:

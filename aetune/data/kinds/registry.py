@@ -3,8 +3,9 @@
 A recipe names the kind it consumes (``Recipe.data_kind``); the data module asks this registry for the
 datasets. A kind registers two functions: ``prepare`` (build file caches once, on local rank 0, before any
 rank reads them: Lightning's ``prepare_data``) and ``dataset`` (the split as a ``torch`` Dataset whose items
-the recipe's ``inputs`` understands). Adding a kind is one module in this package that calls
-:func:`register_data_kind`, imported by the package's ``__init__``.
+the recipe's ``inputs`` understands), and, when a sample of step 3 is not one item, ``count`` (the items the
+split's dataset will serve, known before any cache is built: step 4 sizes an epoch by it). Adding a kind is one
+module in this package that calls :func:`register_data_kind`, imported by the package's ``__init__``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ Prepare = Callable[[PreparedData, str, int, Path, bool], None]
 """(prepared, split, size, work_dir, progress) -> None: build the split's file cache."""
 MakeDataset = Callable[[PreparedData, str, int, str, Path, bool], Dataset]
 """(prepared, split, size, cache mode, work_dir, progress) -> the split's dataset."""
+Count = Callable[[PreparedData, str, Path], int]
+"""(prepared, split, work_dir) -> ``len`` of the split's dataset."""
+
+
+def split_items(prepared: PreparedData, split: str, work_dir: Path) -> int:
+    """One item per sample of step 3's split (images, LQ/GT pairs, volumes)."""
+    return len(prepared.split(split))
 
 
 @dataclass(frozen=True)
@@ -31,14 +39,15 @@ class DataKind:
     name: str
     prepare: Prepare
     dataset: MakeDataset
+    count: Count = split_items
 
 
 _KINDS: dict[str, DataKind] = {}
 
 
-def register_data_kind(name: str, prepare: Prepare, dataset: MakeDataset) -> DataKind:
+def register_data_kind(name: str, prepare: Prepare, dataset: MakeDataset, count: Count = split_items) -> DataKind:
     """Register (or re-register) the kind ``name``."""
-    kind = DataKind(name, prepare, dataset)
+    kind = DataKind(name, prepare, dataset, count)
     _KINDS[name] = kind
     return kind
 

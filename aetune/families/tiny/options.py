@@ -53,10 +53,18 @@ class TinyDiscriminatorConfig(DiscriminatorConfig):
 
 @dataclass
 class ClipConfig:
-    """Video clips step 4 trains on (``taehv``): frames per clip and temporal subsampling."""
+    """Video clips step 4 trains on (``taehv``): frames per clip, temporal subsampling and, for training clips only
+    (validation stays fixed), the TAEHV notebook's random frame delta and random resized crops
+    (``aetune.data.kinds.video.RandomClips``)."""
 
     frames: int = field(default=12, metadata=bounds(1, 256))  # the seed: 12 frames (TAEHV notebook: 12)
     stride: int = field(default=1, metadata=bounds(1, 64))  # keep every stride-th frame of a video
+    max_delta: int = field(default=1, metadata=bounds(1, 64))  # training: every d-th (strided) frame, d uniform in
+    # 1..max_delta per clip (TAEHV notebook: 5); 1 = consecutive frames
+    crop: bool = False  # training: one random square crop per clip, side uniform in [image_size, short side],
+    # resized to image_size (TAEHV notebook); off = whole frames squashed to squares
+    crop_source: int = field(default=256, metadata=bounds(16, 4096))  # crops: short side of the cached frames they
+    # are cut from (aspect kept, never upscaled); the notebook cuts from native frames (a 720p frame is 2.7 MB raw)
 
 
 _TINY_LOSS = {"perceptual_weight": 0.0, "lpips_pretrained": False, "disc_start": 0}

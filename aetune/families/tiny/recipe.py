@@ -207,7 +207,8 @@ class TinyRecipe(Recipe):
             terms["enc_distill"] = loss.enc_distill_weight * latent_distill_loss(z, z_t)
             x_rec = ae.decode(z_t).sample  # the decoder learns the teacher's latent space
             if loss.dec_distill_weight > 0:
-                terms["dec_distill"] = loss.dec_distill_weight * pixel_loss(x_rec, teacher.decode(z_t), "l2")
+                x_t = self.teacher_decode(x, z_t, ctx.keys)  # the teacher's reconstruction, no grad
+                terms["dec_distill"] = loss.dec_distill_weight * pixel_loss(x_rec, x_t, "l2")
         fake = self.frames(x_rec)  # (N, 3, H, W)
         logs = {"rec_loss": pixel_loss(fake, target, loss.rec_kind)}
         terms["rec"] = loss.rec_weight * logs["rec_loss"]
@@ -245,23 +246,43 @@ class TinyRecipe(Recipe):
             moments = self.teacher.moments(x)
         return draw_latents(moments, generator if self.cfg.distill.latents == "sample" else None)
 
+    decode_cache: FeatureCache | None = None
+    """The teacher's decodes of the training images' posterior modes (:meth:`prepare_feature_cache`); None: it runs."""
+
+    def teacher_decode(self, x: Tensor, z_t: Tensor, keys: Tensor | None = None) -> Tensor:
+        """The teacher's reconstruction (B, 3, H, W) in [-1, 1] (not clamped) of its latents ``z_t`` of ``x``: the
+        cached decode when every image of the batch is in the decode cache (which exists only when ``z_t`` is the
+        posterior mode, a function of the image alone), else the teacher decodes ``z_t``."""
+        assert self.teacher is not None
+        cached = None if self.decode_cache is None else self.decode_cache.lookup(to_uint8(x), keys)
+        return self.teacher.decode(z_t) if cached is None else cached
+
     def prepare_feature_cache(
         self, images: np.ndarray, work_dir: Path, device: torch.device, progress: bool = True
     ) -> FeatureCache | None:
-        """Build or load the cache of the teacher's scaled posterior moments of ``images`` (N, S, S, 3) uint8, use it.
+        """Build or load the cache of the teacher's scaled posterior moments of ``images`` (N, S, S, 3) uint8, use it;
+        with decoder distillation (``loss.dec_distill_weight`` > 0) of the posterior mode (``distill.latents:
+        mode``), a second cache of the teacher's decodes, keyed the same way (``teacher_decode``). With ``sample``
+        each step decodes a fresh draw, which no cache can hold: the teacher decodes every step.
 
         None (the teacher runs every step) without a teacher, with ``distill.cache`` off or ``data.hflip`` on.
         """
         if self.teacher is None or not self.cfg.distill.cache or self.cfg.data.hflip:
             return None
         teacher = self.teacher.to(device)
-        d = self.cfg.distill
-        settings = {"teacher": d.teacher, "latent_stats": d.latent_stats, "image_size": int(images.shape[1])}
-        settings["cached"] = "posterior moments"  # mean and std: each step draws its own sample
+        d, size = self.cfg.distill, int(images.shape[1])
+        settings = {"teacher": d.teacher, "latent_stats": d.latent_stats, "image_size": size}
+        # Mean and std, not latents: a cached step still draws its own sample.
         self.feature_cache = FeatureCache.build_or_load(
-            work_dir, f"distill_teacher_{images.shape[1]}px", teacher, settings, images,
+            work_dir, f"distill_teacher_{size}px", teacher, {**settings, "cached": "posterior moments"}, images,
             lambda u8: teacher.moments(to_model_range(u8)), device=device, progress=progress,
         )  # fmt: skip
+        if self.loss.dec_distill_weight > 0 and d.latents == "mode":
+            self.decode_cache = FeatureCache.build_or_load(
+                work_dir, f"distill_teacher_decode_{size}px", teacher, {**settings, "cached": "decode of the mode"},
+                images, lambda u8: teacher.decode(draw_latents(teacher.moments(to_model_range(u8)), None)),
+                device=device, progress=progress,
+            )  # fmt: skip
         return self.feature_cache
 
     def discriminator_step(self, x: Tensor, target: Tensor, g: PhaseResult, ctx: StepContext) -> PhaseResult:
@@ -300,7 +321,8 @@ class VideoTinyRecipe(TinyRecipe):
 
     def __init__(self, cfg: Config, stage: str) -> None:
         super().__init__(cfg, stage)
-        register_video_kind(cfg.clip.frames, cfg.clip.stride)  # the kind API carries only the image size
+        c = cfg.clip  # the kind API carries only the image size
+        register_video_kind(c.frames, c.stride, c.max_delta, c.crop_source if c.crop else None)
 
     def inputs(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """(uint8 clips (B, T, 3, H, W), labels) -> (clips in [-1, 1], the frames the model returns, flattened).
