@@ -36,9 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--pretrained_path",
         type=Path,
-        help="weights stage 1 starts from (default: the VA-VAE step 2 fetched, else random init, said loudly)",
+        help="weights stage 1 starts from, comma-separated files (default: the family's released model step 2 "
+        "fetched, else random init, said loudly)",
     )
-    p.add_argument("--from_scratch", action="store_true", help="ignore step 2's VA-VAE checkpoint: random init")
+    p.add_argument("--from_scratch", action="store_true", help="ignore step 2's released model: random init")
     p.add_argument("--stages", help="stages of the preset's plan to run, e.g. 1,2,3 (default: all)")
     p.add_argument("--epochs", help="epochs per requested stage: one number for all, or one per stage (30,15,10)")
     p.add_argument("--max_steps", help="batch limit per requested stage, same form as --epochs (smoke runs)")
@@ -69,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
+    from aetune.models import get_family
     from aetune.setup.hub import attach_recorded_weights, recorded_release
     from aetune.train.flags import build_config
     from aetune.train.runner import TrainRequest, is_primary, run_training
@@ -82,7 +84,8 @@ def main(args: argparse.Namespace) -> int:
     attach_recorded_weights(cfg, work_dir)
     pretrained = args.pretrained_path
     if pretrained is None and not args.from_scratch:
-        pretrained = recorded_release(cfg, work_dir)  # the family's released model, if step 2 fetched it
+        options = get_family(cfg.model.family).config_cls  # the released files fit the family's default options
+        pretrained = recorded_release(cfg, work_dir, options(**cfg.model.args) == options())
         if pretrained is not None:
             log.info("--pretrained_path not given: starting from %s (step 2); --from_scratch to not", pretrained)
     req = TrainRequest(

@@ -265,7 +265,7 @@ def test_reverify_catches_changed_file(remote, tmp_path):
 
 
 def _record(work: Path, name: str, data: bytes = b"weights") -> Path:
-    path = work / "models" / f"{name}.bin"
+    path = work / "models" / hub.get_spec(name).filename  # where step 2 puts it
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     manifest = hub.read_manifest(work)
@@ -299,11 +299,69 @@ def test_step4_starts_from_the_familys_recorded_release_only_at_its_released_opt
 
     work = tmp_path / "work"
     vavae = load_config("vavae")
-    assert hub.recorded_release(vavae, work) is None  # step 2 has not fetched it
+    assert hub.recorded_release(vavae, work, True) is None  # step 2 has not fetched it
     release = _record(work, "vavae")
-    assert hub.recorded_release(vavae, work) == release
-    assert hub.recorded_release(load_config("vavae", ["model.args.ch=64"]), work) is None  # would not fit
-    assert hub.recorded_release(load_config("kl"), work) is None  # kl registers no released model
+    assert hub.recorded_release(vavae, work, True) == release
+    assert hub.recorded_release(vavae, work, released_options=False) is None  # model.args: would not fit
+    assert hub.recorded_release(load_config("kl"), work, True) is None  # kl registers no released model
+
+
+def test_every_file_of_a_release_starts_the_run_and_sections_find_their_files(tmp_path, caplog):
+    """Tiny's two halves start a taesd run together; RAE's decoder starts it, its encoder and DINO files reach the
+    sections that load them (as the VA-VAE teacher's)."""
+    from aetune.config import load_config
+
+    work = tmp_path / "work"
+    taesd = load_config("taesd")
+    encoder = _record(work, "taesd_encoder")
+    assert (
+        hub.recorded_release(taesd, work, True) is None and "not taesd_decoder" in caplog.text
+    )  # half a release: said
+    decoder = _record(work, "taesd_decoder")
+    assert hub.recorded_release(taesd, work, True) == Path(
+        f"{encoder},{decoder}"
+    )  # both, as --pretrained_path takes them
+
+    from aetune.models import get_family
+
+    def at_defaults(cfg) -> bool:  # step 4's released_options
+        options = get_family(cfg.model.family).config_cls
+        return options(**cfg.model.args) == options()
+
+    assert not at_defaults(taesd)  # the preset's f16c32 model: the released f8c4 halves would not fit it
+    rae = load_config("rae")
+    assert at_defaults(rae) and not at_defaults(load_config("rae_demo"))  # the preset writes the released options out
+    assert hub.recorded_release(rae, work, True) is None
+    released = _record(work, "rae_decoder_dinov2_xl")
+    assert hub.recorded_release(rae, work, True) == released
+    enc, dino = _record(work, "rae_encoder_dinov2_reg_b"), _record(work, "rae_disc_dino_vits8")
+    _record(work, "rae_encoder_mae_b16")
+    hub.attach_recorded_weights(rae, work)
+    assert (rae.encoder.weights_path, rae.discriminator.weights_path) == (str(enc), str(dino))
+    mae = load_config("rae", ["model.args.encoder=mae-b16"])
+    hub.attach_recorded_weights(mae, work)
+    assert mae.encoder.weights_path == str(work / "models" / "vit-mae-base.pytorch_model.bin")  # model.args' encoder
+    demo = load_config("rae_demo")
+    hub.attach_recorded_weights(demo, work)
+    assert demo.encoder.weights_path is None and demo.discriminator.weights_path is None  # random: never a file
+
+
+def test_hypir_finds_step_2s_sd2_folder(tmp_path):
+    from aetune.config import load_config
+
+    work = tmp_path / "work"
+    cfg = load_config("hypir")
+    for part in ("unet", "vae"):
+        _record(work, f"sd21_base_{part}")
+    hub.attach_recorded_weights(cfg, work)
+    assert "sd2_dir" not in cfg.model.args  # the text encoder is missing: left to the loader's error
+    text = _record(work, "sd21_base_text_encoder")
+    hub.attach_recorded_weights(cfg, work)
+    assert cfg.model.args["sd2_dir"] == str(text.parent)
+    given = load_config("hypir", ["model.args.sd2_dir=/elsewhere"])
+    hub.attach_recorded_weights(given, work)
+    assert given.model.args["sd2_dir"] == "/elsewhere"  # a folder the user named is kept
+    assert "sd2_dir" not in load_config("hypir_demo").model.args
 
 
 CORRUPT_MANIFESTS = {
@@ -353,7 +411,7 @@ def test_manifest_entry_pointing_at_a_missing_file(tmp_path):
         hub.resolve_weight(work, "lpips_vgg16")
     msg = str(err.value)
     assert "\n" not in msg and "vgg16-397923af.pth" in msg
-    assert f"recorded at {work / 'models' / 'lpips_vgg16.bin'} but that file is gone or changed" in msg
+    assert f"recorded at {work / 'models' / 'vgg16-397923af.pth'} but that file is gone or changed" in msg
     assert str(hub.manifest_file(work)) in msg
     assert hub.recorded_weight(work, "lpips_vgg16") is None
 

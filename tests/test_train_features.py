@@ -57,8 +57,8 @@ def test_ema_weights_after_n_steps_match_a_hand_computation(tmp_path: Path, monk
     seen: list[torch.Tensor] = []
     real_close = runner_py.AutoencoderModule._close_window
 
-    def close(self) -> None:
-        real_close(self)
+    def close(self, *args) -> None:
+        real_close(self, *args)
         seen.append(self.autoencoder.decoder.conv_out.weight.detach().clone())
 
     monkeypatch.setattr(runner_py.AutoencoderModule, "_close_window", close)

@@ -195,6 +195,12 @@ class Recipe:
         """The ``d`` phase, given the generator phase's result (its ``carry``)."""
         raise NotImplementedError(f"{type(self).__name__} has no discriminator phase")
 
+    def fake_after_g_step(self) -> bool:
+        """Whether the ``d`` phase makes its fake with the generator this batch updates: in a batch that closes an
+        accumulation window the module then steps ``g`` before the ``d`` phase runs. False (default): both phases
+        run first, and the optimizers step together when the window closes (the fake is one ``g`` step older)."""
+        return False
+
     # --- validation and metadata ----------------------------------------------------------------
     def reconstruct(self, autoencoder: Autoencoder, x: Tensor) -> Tensor:
         """Deterministic reconstruction for validation: ``x`` in [-1, 1] -> output in [-1, 1] (float32)."""

@@ -26,7 +26,7 @@ from aetune.config import Config, family_schema
 from aetune.errors import AetuneError, InvalidArgument
 from aetune.io import atomic_path, atomic_write_json, read_json
 from aetune.safe_load import CheckpointError, sniff
-from aetune.setup.weights_registry import REGISTRY, TORCH_HUB, WeightSpec, teacher_weight
+from aetune.setup.weights_registry import REGISTRY, TORCH_HUB, WeightSpec, section_weight, start_files
 
 log = logging.getLogger(__name__)
 
@@ -444,29 +444,57 @@ def recorded_weight(work_dir: Path, name: str) -> Path | None:
         return None
 
 
-def recorded_release(cfg: Config, work_dir: Path) -> Path | None:
-    """The released model step 2 recorded for ``cfg``'s family (``released`` in its schema), the start of a
-    fine-tune without ``--pretrained_path``; None when the family has none, when ``model.args`` change the
-    architecture (the released file would not fit), or when step 2 did not fetch it."""
-    released = family_schema(cfg.model.family).released
-    if not released or cfg.model.args:
+def recorded_release(cfg: Config, work_dir: Path, released_options: bool) -> Path | None:
+    """The released model step 2 recorded for ``cfg``'s family, the start of a fine-tune without
+    ``--pretrained_path``: every file of :func:`start_files` (several are joined by commas, as the flag takes
+    them). None when the family has none, when ``released_options`` is false (``model.args`` build another
+    architecture than the family's defaults, which the released files fit; the caller builds the options, this
+    layer has no models) or when step 2 did not fetch them all (a partial set is said)."""
+    names = start_files(cfg.model.family)
+    if not names or not released_options:
         return None
-    return recorded_weight(work_dir, released[0])
+    paths = [recorded_weight(work_dir, name) for name in names]
+    missing = [name for name, path in zip(names, paths, strict=True) if path is None]
+    if missing:
+        if len(missing) < len(names):
+            log.warning(
+                "step 2 recorded only part of the released %s model (not %s): starting without it; run "
+                "step2_download_models.py --only %s", cfg.model.family, ", ".join(missing), ",".join(missing),
+            )  # fmt: skip
+        return None
+    return Path(",".join(str(path) for path in paths))
 
 
 def attach_recorded_weights(cfg: Config, work_dir: Path) -> None:
     """Point ``cfg`` at the weights step 2 recorded in ``work_dir`` (in place).
 
-    The teacher gets its file as ``teacher.weights_path`` (unless one is set); the LPIPS backbone is
-    linked into the torch hub cache, where the lpips package looks (a new Kaggle session starts with
-    an empty cache). Weights step 2 never recorded are left to the loaders' own errors.
+    Each pretrained section without a ``weights_path`` (a teacher, a frozen encoder, a discriminator backbone)
+    gets the file of :func:`section_weight`; a ``model.args`` folder option left unset gets the folder holding
+    its files (``WeightSpec.folder_arg``); the LPIPS backbone is linked into the torch hub cache, where the lpips
+    package looks (a new Kaggle session starts with an empty cache). Weights step 2 never recorded are left to
+    the loaders' own errors.
     """
-    teacher = cfg.sections.get("teacher")
-    weight = teacher_weight(teacher.name) if teacher is not None else None
-    if teacher is not None and teacher.pretrained and teacher.weights_path is None and weight is not None:
-        path = recorded_weight(work_dir, weight)
+    for key, section in cfg.sections.items():
+        weight = section_weight(cfg, section)
+        path = recorded_weight(work_dir, weight) if weight is not None else None
         if path is not None:
-            teacher.weights_path = str(path)
-            log.info("teacher weights: %s (from step 2)", path)
+            section.weights_path = str(path)
+            log.info("%s weights: %s (from step 2)", key, path)
+    _attach_folders(cfg, work_dir)
     if getattr(cfg.loss, "lpips_pretrained", False):
         recorded_weight(work_dir, "lpips_vgg16")
+
+
+def _attach_folders(cfg: Config, work_dir: Path) -> None:
+    """Set each unset ``model.args`` folder option to the one folder where step 2 recorded all its files."""
+    schema = family_schema(cfg.model.family)
+    specs = [get_spec(name) for name in (schema.needs(cfg) if schema.needs is not None else [])]
+    for arg in dict.fromkeys(s.folder_arg for s in specs if s.folder_arg and not cfg.model.args.get(s.folder_arg)):
+        assert arg is not None
+        files = [(s, recorded_weight(work_dir, s.name)) for s in specs if s.folder_arg == arg]
+        folders = {p.parent for s, p in files if p is not None and p.name == s.filename}
+        if len(folders) == 1 and all(p is not None and p.name == s.filename for s, p in files):
+            cfg.model.args[arg] = str(folders.pop())
+            log.info("model.args.%s: %s (from step 2)", arg, cfg.model.args[arg])
+        else:
+            log.info("model.args.%s is not set from step 2: its files are not all recorded in one folder", arg)

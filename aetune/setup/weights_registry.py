@@ -9,6 +9,7 @@ against the name.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aetune.config import Config, family_schema
 
@@ -37,6 +38,10 @@ class WeightSpec:
     patterns: tuple[str, ...] = ()  # more relative-path globs that identify the file in --weights_dir
     default: bool = True  # fetched by a plain step 2; others only with --only NAME
     timm_name: str | None = None  # the timm model these are the weights of (a frozen teacher found by its name)
+    part_of: str | None = None  # the family whose released model this file holds (whole or a part): step 4's
+    # default start loads all of a family's parts together (registry order)
+    folder_arg: str | None = None  # the ``model.args`` key naming the folder that holds this file (a model built
+    # from several files): step 4 sets it to step 2's folder when it is unset
 
     @property
     def source(self) -> str:
@@ -109,21 +114,42 @@ def teacher_weight(timm_name: str) -> str | None:
     return next((s.name for s in REGISTRY if s.timm_name == timm_name), None)
 
 
+def section_weight(cfg: Config, section: Any) -> str | None:
+    """The registry entry a config section loads from its own ``weights_path``, when it is pretrained and that is unset.
+
+    The section's own answer (a ``step2_weight(cfg)`` method: e.g. the encoder ``model.args`` chose), else the
+    entry holding the timm model it names (a frozen teacher's ``name``); None when it loads no step 2 file.
+    """
+    if not getattr(section, "pretrained", False) or getattr(section, "weights_path", "") is not None:
+        return None
+    own = getattr(section, "step2_weight", None)
+    if own is not None:
+        return own(cfg)
+    name = getattr(section, "name", None)
+    return teacher_weight(name) if isinstance(name, str) else None
+
+
+def start_files(family: str) -> list[str]:
+    """The registry names of the released model a fine-tune of ``family`` starts from, loaded together: the files
+    registered as its parts (``WeightSpec.part_of``), else the first of its schema's ``released``."""
+    parts = [s.name for s in REGISTRY if s.part_of == family]
+    return parts or list(family_schema(family).released[:1])
+
+
 def weights_for_config(cfg: Config) -> list[str]:
     """Registry names a run with ``cfg`` needs (``step2 --config``): none for the random-weight demo.
 
     What the family's model is built from (``needs`` in its schema: hypir's frozen SD2.1-base parts). A
-    pretrained teacher means a real fine-tune: the family's released model (``released`` in its schema, e.g.
-    the VA-VAE and its latent statistics) and the teacher's weights. A pretrained LPIPS means trustworthy
-    quality metrics: LPIPS-VGG for the loss and the report, and the FID Inception for step 5's rFID.
+    pretrained section (a teacher, a frozen encoder) means a real fine-tune: the family's released model
+    (``released`` in its schema, e.g. the VA-VAE and its latent statistics, and the files registered as its
+    parts) and the weights each pretrained section loads (:func:`section_weight`). A pretrained LPIPS means
+    trustworthy quality metrics: LPIPS-VGG for the loss and the report, and the FID Inception for step 5's rFID.
     """
     schema = family_schema(cfg.model.family)
     names = list(schema.needs(cfg)) if schema.needs is not None else []
-    teacher = cfg.sections.get("teacher")
-    if teacher is not None and teacher.pretrained:
-        names += schema.released
-        if teacher.weights_path is None and (weight := teacher_weight(teacher.name)) is not None:
-            names.append(weight)
+    if any(getattr(s, "pretrained", False) for s in cfg.sections.values()):
+        names += [*schema.released, *start_files(cfg.model.family)]
+    names += [w for s in cfg.sections.values() if (w := section_weight(cfg, s)) is not None]
     if getattr(cfg.loss, "lpips_pretrained", False):
         names += ["lpips_vgg16", "fid_inception"]
-    return names
+    return list(dict.fromkeys(names))

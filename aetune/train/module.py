@@ -1,11 +1,12 @@
 """The generic LightningModule of step 4: one stage of any family's recipe under manual optimisation.
 
 Per batch: the generator phase (``g``: the autoencoder's trainable part), then the discriminator phase (``d``)
-when the recipe has one and it is active for the batch. The recipe (``aetune.recipes``) builds the networks
-and computes each phase's objective; this module owns what every family shares: optimisers and learning-rate
-schedules per phase, accumulation over ``gradient_accumulation`` batches, clipping, one fp16 loss-scale
-update per window (``aetune.train.amp``), the non-finite guard, EMA of the generator, per-term gradient
-norms, checkpoint metadata and validation. Frozen networks are left out of checkpoints.
+when the recipe has one and it is active for the batch (in a batch that closes the window, after ``g``'s
+optimizer step when the recipe asks for it: ``Recipe.fake_after_g_step``). The recipe (``aetune.recipes``)
+builds the networks and computes each phase's objective; this module owns what every family shares:
+optimisers and learning-rate schedules per phase, accumulation over ``gradient_accumulation`` batches,
+clipping, one fp16 loss-scale update per window (``aetune.train.amp``), the non-finite guard, EMA of the
+generator, per-term gradient norms, checkpoint metadata and validation. Frozen networks are left out of checkpoints.
 
 Counters. The stage counts the images it trained (all ranks together); ``batches_seen`` is that count in
 batches of the stage's plan (``batch_images`` images each: the per-device batch times the device count the
@@ -226,14 +227,18 @@ class AutoencoderModule(pl.LightningModule):
         logs = {"train/g_total": g.total.detach(), **{f"train/{k}": v for k, v in g.logs.items()}}
         logs |= self._grad_norms(g.parts)
         self.recipe.backward("g", g, lambda loss: self._backward("g", loss))
-        if "d" in self.recipe.phases and self.recipe.phase_active("d", batch_no):
+        d_on = "d" in self.recipe.phases and self.recipe.phase_active("d", batch_no)
+        self.images_seen += self.cfg.train.batch_size * self.trainer.world_size
+        self.window_batches += 1
+        closes = self.window_batches >= self.cfg.train.gradient_accumulation or self.batches_seen >= self.total_batches
+        # Recipe.fake_after_g_step: the d phase's fake comes from the generator this window's step has updated
+        early = self._step_phases(("g",)) if d_on and closes and self.recipe.fake_after_g_step() else (set(), False)
+        if d_on:
             d = self.recipe.discriminator_step(x, target, g, ctx)
             self.recipe.backward("d", d, lambda loss: self._backward("d", loss))
             logs |= {"train/d_total": d.total.detach(), **{f"train/{k}": v for k, v in d.logs.items()}}
-        self.images_seen += self.cfg.train.batch_size * self.trainer.world_size
-        self.window_batches += 1
-        if self.window_batches >= self.cfg.train.gradient_accumulation or self.batches_seen >= self.total_batches:
-            self._close_window()
+        if closes:
+            self._close_window(early)
         bar = {"train/g_total", "train/d_total", *(f"train/{k}" for k in self.recipe.progress_keys)}
         self.log_dict({k: v for k, v in logs.items() if k not in bar}, on_step=True, on_epoch=False)
         self.log_dict({k: v for k, v in logs.items() if k in bar}, on_step=True, on_epoch=False, prog_bar=True)
@@ -302,14 +307,13 @@ class AutoencoderModule(pl.LightningModule):
         clip = self.cfg.train.gradient_clip_val
         return torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
 
-    def _close_window(self) -> None:
-        """Step each phase whose window was finite; drop the gradients of the others (one host sync).
+    def _step_phases(self, phases: tuple[str, ...]) -> tuple[set[str], bool]:
+        """Step each of ``phases`` whose window was finite; drop their gradients (one host sync).
 
-        Under fp16 the loss scaler checks the gradients itself (after unscaling) and skips an overflowing step;
-        a window with a non-finite loss steps nothing and counts as an overflow (``update_scaler``).
+        Returns:
+            (the phases that stepped, whether a pending phase's losses or gradient norm were not finite).
         """
-        phases = self.recipe.phases
-        opts = dict(zip(phases, self._optimizers(), strict=True))
+        opts = dict(zip(self.recipe.phases, self._optimizers(), strict=True))
         pending = [p for p in phases if self._pending[p]]
         scaled = window_scaler(self.trainer) is not None
         flags = []
@@ -322,7 +326,7 @@ class AutoencoderModule(pl.LightningModule):
                 self._norms[phase] = self._clip(params)
                 flag = flag & torch.isfinite(self._norms[phase])
             flags.append(flag)
-        finite = [bool(f) for f in torch.stack(flags).tolist()] if flags else []  # the window's one host sync
+        finite = [bool(f) for f in torch.stack(flags).tolist()] if flags else []  # the one host sync
         stepped = set()
         for phase, ok in zip(pending, finite, strict=True):
             if ok:
@@ -334,17 +338,27 @@ class AutoencoderModule(pl.LightningModule):
                 opts[phase].step()
                 stepped.add(phase)
                 self.log(f"train/lr_{phase}", lr, on_step=True, on_epoch=False)
-        for opt in opts.values():
-            opt.zero_grad(set_to_none=True)
-        self._norms = {}
-        bad = not all(finite)
+        for phase in phases:
+            opts[phase].zero_grad(set_to_none=True)
+            self._pending[phase], self._finite[phase] = False, None
+            self._norms.pop(phase, None)
+        return stepped, not all(finite)
+
+    def _close_window(self, early: tuple[set[str], bool] = (set(), False)) -> None:
+        """Step each phase whose window was finite (``_step_phases``); drop the gradients of the others.
+
+        ``early``: what ``_step_phases`` returned for phases already stepped in this batch (before the d phase).
+        Under fp16 the loss scaler checks the gradients itself (after unscaling) and skips an overflowing step;
+        a window with a non-finite loss steps nothing and counts as an overflow (``update_scaler``), which updates
+        the scale once, after every optimizer of the window stepped.
+        """
+        stepped, bad = self._step_phases(self.recipe.phases)
+        stepped, bad = stepped | early[0], bad or early[1]
         update_scaler(self.trainer, stepped=bool(stepped), overflow=bad)
         bad = self._count_overflow(bad) or bad
         if self.ema is not None and "g" in stepped and self.batches_seen > self.ema_cfg.start_batch:
             self.ema.update_parameters(self.autoencoder)
             self.ema_started = True
-        self._pending = dict.fromkeys(phases, False)
-        self._finite = dict.fromkeys(phases)
         self.window_batches = 0
         self._count_nonfinite(bad)
 

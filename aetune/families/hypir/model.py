@@ -44,7 +44,8 @@ class HypirConfig(FamilyConfig):
     """Options of the HYPIR generator (defaults: HYPIR's ``configs/sd2_train.yaml``)."""
 
     base_model: str = SD2_REPO  # the only base HYPIR's SD2 trainer takes; recorded in the export
-    sd2_dir: str = ""  # SD2.1-base: step 2's models folder, a bundle or a diffusers snapshot; "": the HF cache
+    sd2_dir: str = ""  # SD2.1-base: step 2's folder (step 4 sets it when step 2 recorded the three files there),
+    # a bundle or a diffusers snapshot; "": the HF cache
     tiny_random: bool = False  # a tiny RANDOM UNet / VAE / text encoder (CPU demo, tests): restores nothing
     model_t: int = 200  # the UNet's timestep input
     coeff_t: int = 200  # the timestep whose noise level the one step removes

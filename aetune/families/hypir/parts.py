@@ -6,7 +6,8 @@ Where SD2.1-base comes from (``model.args.sd2_dir``), first match wins, per part
   with its own configs, as HYPIR's ``from_pretrained(base_model_path, subfolder=...)``;
 - step 2's models folder or a ``--bundle``: the flat files ``sd21-base.<part>.safetensors`` (step 2 fetches the
   weights only: its registry holds binary weight files), read with the SD2.1-base configs below;
-- no ``sd2_dir``: the Hugging Face cache (``local_files_only``: never a download here).
+- no ``sd2_dir``: the Hugging Face cache (``local_files_only``: never a download here). Step 4 leaves it unset
+  only when step 2 has not recorded the three files in one folder (``aetune.setup.hub.attach_recorded_weights``).
 
 A part found nowhere is one error line naming the step 2 entry to fetch. Random weights only with
 ``tiny_random`` (the demo preset and the tests), never as a fallback.
@@ -189,7 +190,7 @@ def _load(part: str, sd2_dir: str) -> Any:
             return cls.from_pretrained(SD2_REPO, subfolder=part, local_files_only=True)
         except OSError as e:
             raise AetuneError(
-                f"{missing_message(get_spec(name))}; then pass --set model.args.sd2_dir=<work_dir>/models "
+                f"{missing_message(get_spec(name))}; step 4 then sets model.args.sd2_dir from step 2's records "
                 f"(the Hugging Face cache has no {SD2_REPO}/{part}: {str(e).splitlines()[0]})"
             ) from e
     root = Path(sd2_dir)

@@ -37,6 +37,7 @@ register_weights(
             revision="main",
             patterns=hf_patterns("stable-diffusion-2-1-base", repo_file),
             default=False,
+            folder_arg="sd2_dir",  # step 4 sets model.args.sd2_dir to step 2's folder of the three
         )
         for part, repo_file in SD2_FILES.items()
     )

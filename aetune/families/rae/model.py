@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from aetune.families.rae.decoder import DECODER_SIZES, RAEDecoder
 from aetune.families.rae.encoders import ENCODERS, FrozenEncoder
+from aetune.families.rae.weights import DEFAULT_ENCODER
 from aetune.models.base import Autoencoder, FamilyConfig, ModelConfigError
 from aetune.models.outputs import DecoderOutput, EncoderOutput
 from aetune.models.registry import register_family
@@ -32,7 +33,7 @@ LATENT_NORM_EPS = 1e-5  # the reference's eps in (z - mean) / sqrt(var + eps)
 class RAEConfig(FamilyConfig):
     """Options of ``rae``; the defaults are the released DINOv2-B + ViT-XL decoder (256 px, tau 0.8)."""
 
-    encoder: str = "dinov2-reg-b"  # frozen encoder: dinov2-reg-b | siglip2-b16-256 | mae-b16
+    encoder: str = DEFAULT_ENCODER  # frozen encoder: dinov2-reg-b | siglip2-b16-256 | mae-b16
     decoder_size: str = "XL"  # B | L | XL: the released decoder sizes (XL is the released RAE)
     patch_size: int = 16  # decoder pixels per token side: 16 x 16 tokens -> 256 px
     noise_tau: float = 0.8  # max std of the training noise on the tokens (the released n08 decoders)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aetune.config import bounds, register_schema
+from aetune.config import Config, bounds, register_schema
+from aetune.families.rae.weights import DEFAULT_ENCODER, DISCRIMINATOR_WEIGHT, ENCODER_WEIGHTS
 
 
 @dataclass
@@ -12,9 +13,12 @@ class RAEEncoderConfig:
     """Where the frozen encoder's released weights come from (``model.args.encoder`` picks which encoder)."""
 
     pretrained: bool = True  # False = random encoder: only by explicit choice (demo preset), and outputs say so
-    weights_path: str | None = None  # local encoder file (offline Kaggle); None = the Hugging Face cache (step 2)
-    cache_tokens: bool = True  # encode each training image once per stage and reuse its tokens (no random crops)
-    cache_gb: float = field(default=8.0, metadata=bounds(0.0))  # RAM for cached tokens: ~0.79 MB per 256 px image
+    weights_path: str | None = None  # encoder file; None: step 4 sets step 2's, else the Hugging Face cache
+    cache_tokens: bool = True  # tokens of the training images from the shared on-disk feature cache (whole images)
+
+    def step2_weight(self, cfg: Config) -> str | None:
+        """The step 2 entry of the encoder ``model.args.encoder`` names (``aetune.setup.hub`` attaches it)."""
+        return ENCODER_WEIGHTS.get(cfg.model.args.get("encoder", DEFAULT_ENCODER))
 
 
 @dataclass
@@ -29,13 +33,17 @@ class RAEDiscriminatorConfig:
     """The DINO discriminator: frozen ViT-S/8 features + trained SN-Conv1d heads."""
 
     pretrained: bool = True  # DINO ViT-S/8 weights; False = random backbone (demo, tests), and outputs say so
-    weights_path: str | None = None  # local vit_small_patch8_224.dino file; None = the Hugging Face cache
+    weights_path: str | None = None  # vit_small_patch8_224.dino file; None: step 4 sets step 2's, else the HF cache
     kernel_size: int = field(default=9, metadata=bounds(1, 63))  # residual head conv, released value
     tanh_gelu: bool = True  # the reference's tanh GELU in the DINO MLP; False: exact, as DINO was trained
     img_size: int = field(default=0, metadata=bounds(0, 1024))  # 0 = 224; smaller only for a random backbone
     depth: int = field(default=0, metadata=bounds(0, 12))  # 0 = 12 blocks; fewer only for a random backbone
     width: int = field(default=0, metadata=bounds(0, 1024))  # 0 = 384; smaller only for a random backbone
     heads: int = field(default=0, metadata=bounds(0, 16))  # 0 = 6; only for a random backbone
+
+    def step2_weight(self, cfg: Config) -> str | None:
+        """The step 2 entry of the DINO ViT-S/8 backbone (``aetune.setup.hub`` attaches it)."""
+        return DISCRIMINATOR_WEIGHT
 
 
 @dataclass
@@ -51,6 +59,8 @@ class RAELossConfig:
     token_noise: bool = True  # z + tau * u * n on the tokens in the generator phase (tau: model.args.noise_tau)
     diffaug_prob: float = field(default=1.0, metadata=bounds(0.0, 1.0))  # DiffAugment probability, released
     quantize_fakes: bool = True  # D sees reconstructions clamped and rounded to 8 bit, as real images
+    fake_after_g_step: bool = True  # D's fake decoded by the decoder this batch's G step updated, as released;
+    # False: by the decoder before that step (one step older), both optimizers stepping after the D phase
 
 
 register_schema(

@@ -2,16 +2,13 @@
 
 Input: images of any size; with ``augment.random_crop`` a random window of their 1.5 x resize per step (the
 reference's 384 -> 256 crops), else the whole image resized to the model's size (as validation always).
-Generator phase: raw encoder tokens + noise ``z + tau * u * n`` -> decoder -> L1 + LPIPS, then the adaptive
-GAN term (weight 0.75) from ``gan_start``, with the discriminator in eval mode on a DiffAugmented
-reconstruction. Discriminator phase (from ``disc_start``): the decoder again on the clean tokens (no
-noise, no gradient), clamped and rounded to 8 bit; real (the generator phase's view) and fake DiffAugmented;
-hinge loss; one discriminator call for both, whose heads normalise each sample on its own. Numbers:
-``tests/test_rae_recipe.py``.
-
-Differences from the reference, because the generic module steps both optimisers at the end of the batch:
-its discriminator sees a reconstruction made after the generator update, ours one made before it (one step
-older).
+Generator phase: raw encoder tokens (from the shared frozen-feature cache on whole images) + noise
+``z + tau * u * n`` -> decoder -> L1 + LPIPS, then the adaptive GAN term (weight 0.75) from ``gan_start``, with
+the discriminator in eval mode on a DiffAugmented reconstruction. Discriminator phase (from ``disc_start``): the
+decoder again on the clean tokens (no noise, no gradient; by default after this batch's generator step, as the
+reference: ``loss.fake_after_g_step``), clamped and rounded to 8 bit; real (the generator phase's view) and fake
+DiffAugmented; hinge loss; one discriminator call for both, whose heads normalise each sample on its own.
+Numbers: ``tests/test_rae_recipe.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +29,7 @@ from aetune.families.rae.discriminator import DinoFeatures, DinoHeads, diff_augm
 from aetune.families.rae.loading import load_rae_weights
 from aetune.families.rae.losses import quantize_fakes, rae_generator_objective
 from aetune.families.rae.model import RAE
-from aetune.families.rae.token_cache import TokenCache
+from aetune.families.rae.weights import ENCODER_WEIGHTS
 from aetune.losses import build_lpips, hinge_d_loss
 from aetune.models import Autoencoder, create_autoencoder
 from aetune.recipes import register_recipe
@@ -48,6 +45,8 @@ class RAERecipe(Recipe):
 
     def build(self) -> Networks:
         cfg = self.cfg
+        if cfg.data.hflip:
+            raise AetuneError("rae does not flip images (the reference does not): set data.hflip false")
         if cfg.augment.random_crop and cfg.encoder.cache_tokens:
             raise AetuneError(
                 "augment.random_crop gives the encoder a new window of each image every step, so encoder.cache_tokens "
@@ -67,8 +66,6 @@ class RAERecipe(Recipe):
         if not d.pretrained:
             log.warning("RANDOMLY INITIALISED DINO discriminator backbone (discriminator.pretrained: false)")
         heads = DinoHeads(features.embed_dim, 1 + len(features.key_blocks), d.kernel_size)
-        enc = cfg.encoder
-        self.token_cache = TokenCache(int(enc.cache_gb * 1e9)) if enc.cache_tokens else None
         nets: dict[str, nn.Module] = {"dino": features}
         if self.loss.perceptual_weight > 0 or self.loss.lpips_pretrained:
             nets["perceptual"] = build_lpips(self.loss.lpips_pretrained)
@@ -90,9 +87,10 @@ class RAERecipe(Recipe):
             cached = try_to_load_from_cache(spec.hub_repo, spec.hub_file)
             if not isinstance(cached, str):
                 raise AetuneError(
-                    f"weights of encoder {model.encoder.name} are not in the Hugging Face cache: run step 2 "
-                    f"(--only the rae_encoder_* entry) to fetch hf://{spec.hub_repo}/{spec.hub_file}, or attach "
-                    "that file and pass --set encoder.weights_path=<file>"
+                    f"weights of encoder {model.encoder.name} are neither recorded by step 2 nor in the Hugging Face "
+                    f"cache: run step2_download_models.py --only {ENCODER_WEIGHTS[model.encoder.name]} (step 4 then "
+                    f"finds it), or attach hf://{spec.hub_repo}/{spec.hub_file} and pass "
+                    "--set encoder.weights_path=<file>"
                 )
             path = cached
         if not Path(path).is_file():
@@ -149,14 +147,12 @@ class RAERecipe(Recipe):
 
     def tokens(self, x: Tensor, view: Tensor, keys: Tensor | None = None) -> Tensor:
         """Raw tokens (B, C, g, g) of ``view``, the model-size resize (B, 3, S, S) of the loader's images ``x``
-        (both in [-1, 1]): from the shared cache (keyed by ``x``) when it holds the whole batch, else from the
-        in-RAM token cache (each image encoded once per stage), else from the encoder."""
+        (both in [-1, 1]): from the shared feature cache (keyed by ``x``) when it holds the whole batch, else from
+        the encoder."""
         if self.feature_cache is not None:
             cached = self.feature_cache.lookup(to_uint8(x), keys)
             if cached is not None:
                 return cached
-        if self.token_cache is not None:
-            return self.token_cache.tokens(view, self.rae.encode_tokens)
         return self.rae.encode_tokens(view)
 
     def generator_step(self, x: Tensor, target: Tensor, ctx: StepContext) -> PhaseResult:
@@ -195,9 +191,7 @@ class RAERecipe(Recipe):
         assert self.discriminator is not None
         self.discriminator.train()
         with torch.no_grad():
-            fake = self.rae.decode_tokens(g.carry["tokens"])  # no noise in the D phase
-            if self.loss.quantize_fakes:
-                fake = quantize_fakes(fake)
+            fake = self.fake(g.carry["tokens"])
             both = torch.cat(
                 [
                     diff_augment(g.carry["real"], self.loss.diffaug_prob, ctx.generator),
@@ -215,6 +209,16 @@ class RAERecipe(Recipe):
         }
         return PhaseResult(loss, logs)
 
+    def fake(self, tokens: Tensor) -> Tensor:
+        """The discriminator's fake: raw tokens (B, C, g, g) decoded without noise (as the reference's eval-mode
+        forward) -> (B, 3, S, S) in [-1, 1], clamped and rounded to 8 bit with ``loss.quantize_fakes``."""
+        fake = self.rae.decode_tokens(tokens)
+        return quantize_fakes(fake) if self.loss.quantize_fakes else fake
+
+    def fake_after_g_step(self) -> bool:
+        """``loss.fake_after_g_step``: the reference decodes D's fake after the generator's optimizer step."""
+        return self.loss.fake_after_g_step
+
     def notes(self) -> dict[str, Any]:
         return {
             "random_encoder": not self.cfg.encoder.pretrained,
@@ -223,10 +227,14 @@ class RAERecipe(Recipe):
         }
 
     def load_pretrained(self, path: str) -> str:
-        """A released decoder ``model.pt``, a diffusers ``AutoencoderRAE`` file or an encoder file, strictly."""
-        report = load_rae_weights(self.rae, path)
-        log.info("%s", report.summary())
-        return f"pretrained {report.source}"
+        """Released files (comma-separated), each strictly: a decoder ``model.pt``, a diffusers ``AutoencoderRAE``
+        file, an encoder file."""
+        sources = []
+        for file in [p.strip() for p in path.split(",") if p.strip()]:
+            report = load_rae_weights(self.rae, file)
+            log.info("%s", report.summary())
+            sources.append(report.source)
+        return f"pretrained {' + '.join(sources)}"
 
 
 register_recipe("rae", RAERecipe)

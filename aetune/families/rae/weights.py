@@ -2,6 +2,17 @@
 
 from aetune.setup.weights_registry import WeightSpec, hf_patterns, register_weights
 
+DEFAULT_ENCODER = "dinov2-reg-b"
+"""The released RAE's encoder (``model.args.encoder``)."""
+ENCODER_WEIGHTS = {
+    "dinov2-reg-b": "rae_encoder_dinov2_reg_b",
+    "siglip2-b16-256": "rae_encoder_siglip2_b16_256",
+    "mae-b16": "rae_encoder_mae_b16",
+}
+"""Encoder (``model.args.encoder``) -> its step 2 entry (``encoder.weights_path`` is set from it)."""
+DISCRIMINATOR_WEIGHT = "rae_disc_dino_vits8"
+"""The step 2 entry of the DINO discriminator's backbone (``discriminator.weights_path``)."""
+
 register_weights(
     WeightSpec(
         name="rae_decoder_dinov2_xl",
@@ -15,6 +26,7 @@ register_weights(
         revision="main",
         patterns=hf_patterns("RAE-collections", "decoders/dinov2/wReg_base/ViTXL_n08/model.pt"),
         default=False,
+        part_of="rae",  # the default start (its encoder comes from encoder.weights_path)
     ),
     WeightSpec(
         name="rae_diffusers_dinov2_xl",

@@ -12,6 +12,7 @@ register_weights(
         approx_gb=0.0049,  # 1.22 M float32 parameters
         url="https://github.com/madebyollin/taesd/raw/main/taesd_encoder.pth",
         default=False,
+        part_of="taesd",
     ),
     WeightSpec(
         name="taesd_decoder",
@@ -21,6 +22,7 @@ register_weights(
         approx_gb=0.0049,  # 1.22 M float32 parameters
         url="https://github.com/madebyollin/taesd/raw/main/taesd_decoder.pth",
         default=False,
+        part_of="taesd",
     ),
     WeightSpec(
         name="taehv",
@@ -30,5 +32,6 @@ register_weights(
         approx_gb=0.0227,  # 11.3 M parameters in float16
         url="https://github.com/madebyollin/taehv/raw/main/taehv.pth",
         default=False,
+        part_of="taehv",
     ),
 )
