@@ -16,6 +16,8 @@ import pytest
 import torch
 from nbclient import NotebookClient
 
+from aetune.config import load_config
+
 REPO = Path(__file__).resolve().parent.parent
 SHORT_TRAINING = [
     "--max_steps",
@@ -61,7 +63,8 @@ def check_work_dir(work: Path, users: int) -> None:
     assert metrics["random_teacher"] is True
     assert str(metrics["overall"]["lpips"]).startswith("unavailable")
     stats = torch.load(work / "results/latents_stats.pt", weights_only=True)
-    assert stats["mean"].shape == (1, 32, 1, 1) and stats["std"].shape == (1, 32, 1, 1)  # the demo's 32 channels
+    channels = load_config("demo").model.args["embed_dim"]  # the demo's latent channels (8)
+    assert stats["mean"].shape == (1, channels, 1, 1) and stats["std"].shape == (1, channels, 1, 1)
     export = torch.load(work / "results/vavae_encoder_for_dit.pt", weights_only=True)
     assert export["labels"] == json.loads((work / "data/labels.json").read_text())
     final = torch.load(work / "checkpoints/vavae_microdoppler_final.pt", weights_only=True)
