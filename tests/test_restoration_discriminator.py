@@ -225,7 +225,7 @@ def test_missing_open_clip_or_weights_is_one_error_line(monkeypatch: pytest.Monk
     with pytest.raises(AetuneError) as e:
         ClipConvNextFeatures(MODEL, False, None, torch.float32)
     message = str(e.value)
-    assert "\n" not in message and "open-clip" in message and "--set discriminator.kind=patchgan" in message
+    assert "\n" not in message and "open-clip-torch" in message and "--set discriminator.kind=patchgan" in message
 
 
 def test_presets_step2_entry_and_kinds() -> None:

@@ -143,11 +143,17 @@ def test_missing_torch_is_fatal(tmp_path, machine, monkeypatch, capsys):
     assert machine["pip_calls"] == []
 
 
-def test_family_installs_its_requirements_through_the_pinned_pip(tmp_path, machine, monkeypatch):
+def fake_extras(tmp_path, monkeypatch, files: dict[str, str]) -> None:
+    """Point step 1 at a requirements folder holding ``{name}.txt`` files with these texts."""
     extras = tmp_path / "requirements"
     extras.mkdir()
-    (extras / "fam.txt").write_text("# --family fam\naetune-not-a-real-extra>=1.0  # its runtime extra\n")
+    for name, text in files.items():
+        (extras / f"{name}.txt").write_text(text)
     monkeypatch.setattr(step1, "FAMILY_REQUIREMENTS", extras)
+
+
+def test_family_installs_its_requirements_through_the_pinned_pip(tmp_path, machine, monkeypatch):
+    fake_extras(tmp_path, monkeypatch, {"fam": "# --family fam\naetune-not-a-real-extra>=1.0  # its runtime extra\n"})
     code, data = run(tmp_path, machine, "--family", "fam")
     (args,) = machine["pip_calls"]
     assert args[0] == "install" and "-c" in args and args[-1] == "aetune-not-a-real-extra>=1.0"
@@ -163,10 +169,7 @@ def test_family_installs_its_requirements_through_the_pinned_pip(tmp_path, machi
 
 
 def test_a_task_config_installs_the_tasks_requirements_too(tmp_path, machine, monkeypatch):
-    extras = tmp_path / "requirements"
-    extras.mkdir()
-    (extras / "restoration.txt").write_text("aetune-not-a-real-task-extra>=1.0\n")
-    monkeypatch.setattr(step1, "FAMILY_REQUIREMENTS", extras)
+    fake_extras(tmp_path, monkeypatch, {"restoration": "aetune-not-a-real-task-extra>=1.0\n"})
     code, data = run(tmp_path, machine, "--config", "restoration_demo")
     (args,) = machine["pip_calls"]
     assert code == 0 and args[-1] == "aetune-not-a-real-task-extra>=1.0"
@@ -174,11 +177,7 @@ def test_a_task_config_installs_the_tasks_requirements_too(tmp_path, machine, mo
 
 
 def test_unknown_family_is_one_line_listing_the_valid_ones(tmp_path, machine, monkeypatch, capsys):
-    extras = tmp_path / "requirements"
-    extras.mkdir()
-    for name in ("rae", "taesd", "kl3d", "hf"):
-        (extras / f"{name}.txt").write_text("numpy>=1.0\n")
-    monkeypatch.setattr(step1, "FAMILY_REQUIREMENTS", extras)
+    fake_extras(tmp_path, monkeypatch, dict.fromkeys(("rae", "taesd", "kl3d", "hf"), "numpy>=1.0\n"))
     code, data = run(tmp_path, machine, "--family", "tasd")
     err = capsys.readouterr().err
     assert code == 2 and data == {} and machine["pip_calls"] == []
