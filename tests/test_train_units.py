@@ -198,3 +198,10 @@ def test_the_monitor_direction_ignores_the_keys_case(monitor: str, mode: str) ->
     from aetune.train.runner import monitor_mode
 
     assert monitor_mode(monitor) == mode
+
+
+def test_pretrained_path_lists_the_parts_of_one_release() -> None:
+    from aetune.recipes.base import pretrained_files
+
+    assert pretrained_files("enc.pth, dec.pth") == ["enc.pth", "dec.pth"]
+    assert pretrained_files("model.pt,") == ["model.pt"]

@@ -28,6 +28,11 @@ from aetune.errors import AetuneError
 from aetune.models import Autoencoder
 
 
+def pretrained_files(path: str) -> list[str]:
+    """The files of ``--pretrained_path`` (comma-separated: the parts of one released model, e.g. its two halves)."""
+    return [p.strip() for p in path.split(",") if p.strip()]
+
+
 @contextlib.contextmanager
 def frozen(module: nn.Module) -> Iterator[None]:
     """Run ``module`` without recording gradients for its parameters (inputs still get gradients)."""

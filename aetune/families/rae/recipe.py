@@ -33,7 +33,7 @@ from aetune.families.rae.weights import ENCODER_WEIGHTS
 from aetune.losses import build_lpips, hinge_d_loss
 from aetune.models import Autoencoder, create_autoencoder
 from aetune.recipes import register_recipe
-from aetune.recipes.base import Networks, PhaseResult, Recipe, StepContext, frozen
+from aetune.recipes.base import Networks, PhaseResult, Recipe, StepContext, frozen, pretrained_files
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class RAERecipe(Recipe):
         """Released files (comma-separated), each strictly: a decoder ``model.pt``, a diffusers ``AutoencoderRAE``
         file, an encoder file."""
         sources = []
-        for file in [p.strip() for p in path.split(",") if p.strip()]:
+        for file in pretrained_files(path):
             report = load_rae_weights(self.rae, file)
             log.info("%s", report.summary())
             sources.append(report.source)

@@ -41,7 +41,7 @@ from aetune.models import Autoencoder, create_autoencoder, get_family
 from aetune.models.checkpoint import load_autoencoder_checkpoint
 from aetune.nn.patchgan import NLayerDiscriminator
 from aetune.recipes import register_recipe
-from aetune.recipes.base import Networks, PhaseResult, Recipe, StepContext, frozen
+from aetune.recipes.base import Networks, PhaseResult, Recipe, StepContext, frozen, pretrained_files
 from aetune.safe_load import load_torch_file
 
 log = logging.getLogger(__name__)
@@ -309,7 +309,7 @@ class TinyRecipe(Recipe):
     def load_pretrained(self, path: str) -> str:
         """Released weights: ``taesd_encoder.pth`` + ``taesd_decoder.pth`` (comma-separated), a diffusers
         ``AutoencoderTiny`` file, a ``taehv.pth``; strictly (``aetune.families.tiny.loading``)."""
-        report = load_tiny_weights(self.autoencoder, *[p.strip() for p in path.split(",") if p.strip()])
+        report = load_tiny_weights(self.autoencoder, *pretrained_files(path))
         log.info("%s", report.summary())
         return f"pretrained {report.source}"
 
