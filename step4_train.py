@@ -70,10 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from aetune.models import get_family
-    from aetune.setup.hub import attach_recorded_weights, recorded_release
+    from aetune.setup.hub import attach_recorded_weights
     from aetune.train.flags import build_config
     from aetune.train.runner import TrainRequest, is_primary, run_training
+    from aetune.train.start import default_start
 
     if not is_primary():
         logging.getLogger().setLevel(logging.ERROR)  # DDP children would repeat the parent's messages
@@ -84,8 +84,7 @@ def main(args: argparse.Namespace) -> int:
     attach_recorded_weights(cfg, work_dir)
     pretrained = args.pretrained_path
     if pretrained is None and not args.from_scratch:
-        options = get_family(cfg.model.family).config_cls  # the released files fit the family's default options
-        pretrained = recorded_release(cfg, work_dir, options(**cfg.model.args) == options())
+        pretrained = default_start(cfg, work_dir)  # the family's release, if step 2 fetched it and it fits
         if pretrained is not None:
             log.info("--pretrained_path not given: starting from %s (step 2); --from_scratch to not", pretrained)
     req = TrainRequest(

@@ -322,18 +322,16 @@ def test_every_file_of_a_release_starts_the_run_and_sections_find_their_files(tm
         f"{encoder},{decoder}"
     )  # both, as --pretrained_path takes them
 
-    from aetune.models import get_family
-
-    def at_defaults(cfg) -> bool:  # step 4's released_options
-        options = get_family(cfg.model.family).config_cls
-        return options(**cfg.model.args) == options()
+    from aetune.train.start import at_released_options as at_defaults
+    from aetune.train.start import default_start
 
     assert not at_defaults(taesd)  # the preset's f16c32 model: the released f8c4 halves would not fit it
     rae = load_config("rae")
     assert at_defaults(rae) and not at_defaults(load_config("rae_demo"))  # the preset writes the released options out
     assert hub.recorded_release(rae, work, True) is None
     released = _record(work, "rae_decoder_dinov2_xl")
-    assert hub.recorded_release(rae, work, True) == released
+    assert hub.recorded_release(rae, work, True) == released == default_start(rae, work)
+    assert default_start(taesd, work) is None  # recorded, but the preset's model does not fit it
     enc, dino = _record(work, "rae_encoder_dinov2_reg_b"), _record(work, "rae_disc_dino_vits8")
     _record(work, "rae_encoder_mae_b16")
     hub.attach_recorded_weights(rae, work)
