@@ -194,6 +194,29 @@ def test_training_curves_from_sparse_csvs(tmp_path: Path) -> None:
     assert not (tmp_path / "none.png").exists()
 
 
+def test_curve_panels_put_the_recipes_own_terms_after_the_totals(tmp_path: Path) -> None:
+    from aetune.recipes import get_recipe
+
+    rows = [{"step": i, "train/g_total": 1.0, "train/l1": 0.5, "train/gan": 0.1} for i in range(12)]
+    _write_csv(tmp_path / "stage1" / "metrics.csv", rows)
+    path = figures.plot_training_curves(figures.stage_metrics_files(tmp_path), tmp_path / "c.png", ("l1",))
+    assert path is not None and _png_size(path)[0] > 400
+
+    vavae = {"train/g_total", "train/d_total", "train/kl_loss", "train/logits_real", "train/vf_loss"}
+    vavae |= {"train/rec_loss", "val/psnr", "val/ssim"}
+    first = get_recipe("vavae").progress_keys  # rec_loss, vf_loss
+    assert figures.curve_panels(vavae, first, 12) == [
+        *("train/d_total", "train/g_total", "train/rec_loss", "train/vf_loss", "train/kl_loss"),
+        *("train/logits_real", "val/psnr", "val/ssim"),
+    ]
+    pair = {"train/g_total", "train/gan", "train/l1", "train/l2", "train/ssim", "val/PSNR"}
+    first = get_recipe("kl", "restoration").progress_keys  # l1, ssim: its own names, no family's
+    assert figures.curve_panels(pair, first, 12) == [
+        *("train/g_total", "train/l1", "train/ssim", "train/gan", "train/l2", "val/PSNR"),
+    ]
+    assert figures.curve_panels(pair, first, 3) == ["train/g_total", "train/l1", "val/PSNR"]  # val always kept
+
+
 def test_smoothing_keeps_length_and_constant() -> None:
     y = np.full(200, 3.0)
     assert np.allclose(figures._smooth(y), y) and len(figures._smooth(np.arange(7.0))) == 7

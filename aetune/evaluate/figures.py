@@ -19,8 +19,9 @@ import torch  # noqa: E402
 
 from aetune import metrics  # noqa: E402
 from aetune.evaluate.evaluator import SplitResult  # noqa: E402
-from aetune.evaluate.report import THRESHOLDS, figure_title, latent_title  # noqa: E402
+from aetune.evaluate.report import THRESHOLDS, figure_title, latent_title, model_task  # noqa: E402
 from aetune.io import atomic_path  # noqa: E402
+from aetune.recipes import get_recipe  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -188,19 +189,30 @@ CURVES_SKIPPED = ("lr", "grad_norm", "nonfinite", "batches")
 """Logged columns left out of the curves figure: bookkeeping, not training progress."""
 
 
-def _curve_rank(name: str) -> int:
-    """Totals first, then the reconstruction / KL / alignment terms, then the rest."""
+def _curve_rank(name: str, first: Sequence[str]) -> tuple[int, int]:
+    """Totals first, then ``train/<term>`` for the terms of ``first`` in their order, then the rest."""
     if "total" in name:
-        return 0
-    return 1 if any(s in name for s in ("rec", "nll", "kl", "vf")) else 2
+        return (0, 0)
+    terms = [f"train/{t}" for t in first]
+    return (1, terms.index(name)) if name in terms else (2, 0)
 
 
-def plot_training_curves(stage_csvs: dict[str, Path], path: str | Path, max_panels: int = 12) -> Path | None:
+def curve_panels(logged: set[str], first: Sequence[str], max_panels: int) -> list[str]:
+    """The columns the curves figure draws, in order: train columns (``_curve_rank``), then every ``val`` one."""
+    val = sorted(k for k in logged if k.startswith("val"))
+    train = sorted(logged - set(val), key=lambda k: (*_curve_rank(k, first), k))
+    return train[: max(max_panels - len(val), 0)] + val
+
+
+def plot_training_curves(
+    stage_csvs: dict[str, Path], path: str | Path, terms: Sequence[str] = (), max_panels: int = 12
+) -> Path | None:
     """Every logged series of every stage on one step axis, stage boundaries dashed.
 
     Args:
         stage_csvs: stage name -> its ``metrics.csv``, in stage order (``stage_metrics_files``).
         path: PNG to write.
+        terms: the loss terms drawn right after the totals (the run's recipe's ``progress_keys``).
         max_panels: train columns first, then validation columns, up to this many panels.
 
     Returns:
@@ -224,9 +236,7 @@ def plot_training_curves(stage_csvs: dict[str, Path], path: str | Path, max_pane
     if not stages:
         return None
     logged = {k for _, _, d in stages for k in d if not any(s in k for s in CURVES_SKIPPED)}
-    val = sorted(k for k in logged if k.startswith("val"))
-    train = sorted(logged - set(val), key=lambda k: (_curve_rank(k), k))
-    names = train[: max(max_panels - len(val), 0)] + val
+    names = curve_panels(logged, terms, max_panels)
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False, layout="constrained")
@@ -283,7 +293,10 @@ def write_figures(
             evaluated.latents, evaluated.labels, labels, out / "latent_users.png", latent_title(space, title)
         ),
     ]
-    curves = plot_training_curves(stage_metrics_files(Path(work_dir) / "checkpoints"), out / "training_curves.png")
+    terms = get_recipe(meta["family"], model_task(meta)).progress_keys
+    curves = plot_training_curves(
+        stage_metrics_files(Path(work_dir) / "checkpoints"), out / "training_curves.png", terms
+    )
     if curves is None:
         log.info("no checkpoints/stage*/metrics.csv with numbers yet: training_curves.png not drawn")
     return written + ([curves] if curves else [])

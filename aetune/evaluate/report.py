@@ -294,9 +294,14 @@ def metrics_document(
     }
 
 
+def model_task(meta: dict[str, Any]) -> str:
+    """The task a model file was trained for (``model.task`` of its config; ``reconstruction`` when absent)."""
+    return (meta.get("config") or {}).get("model", {}).get("task", "reconstruction")
+
+
 def figure_title(meta: dict[str, Any], split: str) -> str:
     """``family, dataset, stage N, split`` and a RANDOM TEACHER mark when it applies."""
-    task = (meta.get("config") or {}).get("model", {}).get("task", "reconstruction")
+    task = model_task(meta)
     family = meta.get("family") if task == "reconstruction" else f"{meta.get('family')} {task}"
     title = f"{family} / {meta.get('dataset')} / stage {meta.get('stage')} / {split} split"
     return title + ("  [RANDOM TEACHER: demo]" if meta.get("random_teacher") else "")
@@ -421,7 +426,7 @@ def write_metrics(
 
     missing = {"lpips": unavailable["lpips"]} if unavailable.get("lpips") else {}
     rfid = rfid_report(evaluated, unavailable.get("rfid"))
-    restoration = meta["config"]["model"].get("task") == RESTORATION
+    restoration = model_task(meta) == RESTORATION
     psnr = "psnr_y" if restoration else "psnr"  # restoration scores as its validation does (the fork's Final_Score)
     quality = quality_report(evaluated.per_image, evaluated.labels, labels, missing, rfid, psnr)
     extra: dict[str, Any] = {"advice": fine_tuning_advice(quality["overall"])} if meta["kind"] == "pretrained" else {}
