@@ -50,8 +50,8 @@ after 60 batches)."""
 BATCHES = {
     "demo": 25,  # +3.7 dB after 25 (the f2 demo model)
     "rae_demo": 320,  # a random frozen encoder: +1.0 dB after 250 (a small model: ~0.2 s per batch)
-    "taesd_demo": 40,  # +1.2 dB after 30
-    "taehv_demo": 100,  # +0.1 dB after 40, +4.2 dB after 100
+    "taesd_demo": 40,  # +1.2 dB after 30, +2.1 after 40 (f8)
+    "taehv_demo": 100,  # +0.2 dB after 40, +1.9 dB after 100
     "kl3d_demo": 50,  # +1.2 dB after 40, +2.3 dB after 80
     "restoration_demo": 15,  # +5.8 dB after 15, +6.5 after 20 (the f2 model)
 }

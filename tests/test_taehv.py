@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aetune.families.tiny.loading import load_tiny_weights
-from aetune.families.tiny.taehv import TAEHV
+from aetune.families.tiny.taehv import TAEHV, MemBlock
 from aetune.models import CheckpointError, ModelConfigError, create_autoencoder, get_family
 
 
@@ -23,7 +23,18 @@ def video(t: int, size: int = 32, batch: int = 2, seed: int = 3) -> torch.Tensor
 
 @pytest.fixture(scope="module")
 def model() -> TAEHV:
-    return tiny()
+    """The tiny model with its residual branches switched on, as after training.
+
+    ``init_from_scratch`` zeroes the last conv of every MemBlock, which would hide the past-frame path
+    that the causality test follows.
+    """
+    m = tiny()
+    g = torch.Generator().manual_seed(1)
+    for block in m.modules():
+        if isinstance(block, MemBlock):
+            end = block.conv[-1].weight
+            end.data.copy_(torch.randn(end.shape, generator=g) * 0.1)
+    return m
 
 
 @pytest.mark.parametrize("t", range(1, 13))

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aetune.families.tiny.init import init_from_scratch
 from aetune.families.tiny.taesd import OUTPUT_BIAS_INIT, Clamp, conv, from_unit, to_unit
 from aetune.models.base import Autoencoder, FamilyConfig, ModelConfigError
 from aetune.models.outputs import DecoderOutput, EncoderOutput
@@ -191,7 +192,8 @@ class TAEHV(Autoencoder):
         super().__init__(config)
         self.encoder = _video_encoder(config)
         self.decoder = _video_decoder(config)
-        nn.init.constant_(self.decoder[-1].bias, OUTPUT_BIAS_INIT)  # as TAESD and the TAEHV notebook: start grey
+        ends = [m.conv[-1] for m in self.modules() if isinstance(m, MemBlock)]
+        init_from_scratch(self, ends, self.decoder[-1], OUTPUT_BIAS_INIT)  # start grey, as Seraena's TAEHV notebook
         self.patch_size = config.patch_size
         self.in_channels = 3
         self.latent_channels = config.latent_channels

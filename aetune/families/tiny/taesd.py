@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from aetune.families.tiny.init import init_from_scratch
 from aetune.models.base import Autoencoder, FamilyConfig, ModelConfigError, run_block
 from aetune.models.outputs import DecoderOutput, EncoderOutput
 from aetune.models.registry import register_family
@@ -28,7 +29,7 @@ LATENT_CLAMP = 3.0
 """Decoder input clamp: ``tanh(z / 3) * 3`` keeps the latents in (-3, 3) (TAESD's ``Clamp``)."""
 OUTPUT_BIAS_INIT = 0.5
 """Start value of the decoder's last bias: mid-grey in [0, 1] (Seraena's initialisation), so a decoder
-trained from scratch does not spend its first steps learning the mean colour."""
+trained from scratch does not spend its first steps learning the mean colour (``init_from_scratch``)."""
 
 
 def to_unit(x: Tensor) -> Tensor:
@@ -160,9 +161,9 @@ class TAESD(Autoencoder):
         stages = config.downsample_factor.bit_length() - 1  # log2 of a power of two
         self.encoder = tiny_encoder(config.latent_channels, stages, config.width, config.midblock_gn)
         self.decoder = tiny_decoder(config.latent_channels, stages, config.width, config.midblock_gn)
-        last = self.decoder[-1]
-        assert isinstance(last, nn.Conv2d) and last.bias is not None
-        nn.init.constant_(last.bias, OUTPUT_BIAS_INIT)
+        blocks = [m for m in self.modules() if isinstance(m, Block)]
+        ends = [b.conv[-1] for b in blocks] + [b.pool[-1] for b in blocks if b.pool is not None]
+        init_from_scratch(self, ends, self.decoder[-1], OUTPUT_BIAS_INIT)
         self.in_channels = 3
         self.latent_channels = config.latent_channels
         self.downsample_factor = config.downsample_factor
