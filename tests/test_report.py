@@ -130,6 +130,9 @@ def test_metrics_document_records_random_teacher() -> None:
     assert doc["random_teacher"] is True and doc["pretrained_lpips"] is False
     assert any("RANDOM TEACHER" in w for w in doc["warnings"])
     assert doc["num_images"] == 1 and doc["split"] == "val" and doc["overall"]["psnr"] == 27.0
+    assert doc["task"] == "reconstruction"  # no model.task in the meta's config: the default
+    restoration = {**meta, "config": {"model": {"task": "restoration"}}}
+    assert report.metrics_document(q, space, restoration, "ckpt.pt", "val")["task"] == "restoration"
     assert {t["name"] for t in doc["thresholds"]} == {t.name for t in report.THRESHOLDS}
     assert "RANDOM TEACHER" in report.figure_title(meta, "val")
     clean = report.metrics_document(q, space, {**meta, "random_teacher": False, "lpips": True}, "c", "val")

@@ -412,7 +412,7 @@ def test_all_does_what_applies_to_every_data_kind(
     latents = kind in ("image", "volume", "video")  # video: a row per clip
     assert ("latents" in names) is latents
     assert ("skipped --export_latents: " + kind) in out or latents
-    lightningdit = f"{family}_toy_lightningdit.pt"
+    lightningdit = f"{family}_restoration_toy_lightningdit.pt" if kind == "pair" else f"{family}_toy_lightningdit.pt"
     assert (lightningdit in names) is (family == "kl")  # kl and vavae only: the hint names it only then
     assert (str(res / lightningdit) in out) is (family == "kl")
     assert ("skipped --export's *_lightningdit.pt" in out) is (family != "kl")

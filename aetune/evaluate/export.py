@@ -17,12 +17,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from aetune.config import RECONSTRUCTION
 from aetune.errors import AetuneError
 from aetune.evaluate.latent_stats import LatentStatistics
 from aetune.io import atomic_torch_save
 from aetune.models import create_autoencoder
 from aetune.models.base import Autoencoder
-from aetune.models.checkpoint import read_checkpoint
+from aetune.models.checkpoint import read_checkpoint, run_name
 from aetune.models.loading import lightningdit_writer
 
 ENCODER_FORMAT = "aetune.encoder/1"
@@ -43,9 +44,9 @@ def encoder_export_name(family: str) -> str:
     return f"{family}_encoder_for_dit.pt"
 
 
-def lightningdit_export_name(family: str, dataset: str) -> str:
-    """``<family>_<dataset>_lightningdit.pt``."""
-    return f"{family}_{dataset}_lightningdit.pt"
+def lightningdit_export_name(family: str, dataset: str, task: str = RECONSTRUCTION) -> str:
+    """``<family>_<dataset>_lightningdit.pt``, named after the run as its final model (``kl_restoration_...``)."""
+    return f"{run_name(family, task)}_{dataset}_lightningdit.pt"
 
 
 def preprocessing(image_size: int) -> dict[str, Any]:
@@ -297,7 +298,7 @@ def export_for_dit(
     Args:
         out_dir: the results folder.
         model, stats, labels, image_size: as ``build_encoder_export``.
-        info: provenance; its ``"dataset"`` names the LightningDiT file.
+        info: provenance; its ``"dataset"`` and ``"task"`` name the LightningDiT file.
 
     Returns:
         The files written, the encoder export first.
@@ -306,7 +307,9 @@ def export_for_dit(
     written = [save_encoder_export(out / encoder_export_name(model.family), model, stats, labels, image_size, info)]
     if lightningdit_writer(model.family) is not None:
         written.append(
-            save_lightningdit_checkpoint(out / lightningdit_export_name(model.family, info["dataset"]), model)
+            save_lightningdit_checkpoint(
+                out / lightningdit_export_name(model.family, info["dataset"], info["task"]), model
+            )
         )
     return written
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from aetune import metrics
+from aetune.config import RECONSTRUCTION
 from aetune.evaluate.evaluator import SplitResult
 from aetune.tasks.restoration.options import TASK as RESTORATION
 
@@ -259,9 +260,10 @@ def run_warnings(meta: dict[str, Any]) -> list[str]:
 
 
 def provenance(meta: dict[str, Any]) -> dict[str, Any]:
-    """What every output records about the model: family, dataset, stage, and how it was trained."""
+    """What every output records about the model: family, task, dataset, stage, and how it was trained."""
     return {
         "family": meta.get("family"),
+        "task": model_task(meta),
         "dataset": meta.get("dataset"),
         "stage": meta.get("stage"),
         "random_teacher": bool(meta.get("random_teacher")),
@@ -296,13 +298,13 @@ def metrics_document(
 
 def model_task(meta: dict[str, Any]) -> str:
     """The task a model file was trained for (``model.task`` of its config; ``reconstruction`` when absent)."""
-    return (meta.get("config") or {}).get("model", {}).get("task", "reconstruction")
+    return (meta.get("config") or {}).get("model", {}).get("task", RECONSTRUCTION)
 
 
 def figure_title(meta: dict[str, Any], split: str) -> str:
     """``family, dataset, stage N, split`` and a RANDOM TEACHER mark when it applies."""
     task = model_task(meta)
-    family = meta.get("family") if task == "reconstruction" else f"{meta.get('family')} {task}"
+    family = meta.get("family") if task == RECONSTRUCTION else f"{meta.get('family')} {task}"
     title = f"{family} / {meta.get('dataset')} / stage {meta.get('stage')} / {split} split"
     return title + ("  [RANDOM TEACHER: demo]" if meta.get("random_teacher") else "")
 

@@ -19,12 +19,23 @@ from typing import Any
 
 from torch import Tensor
 
+from aetune.config import RECONSTRUCTION
 from aetune.errors import AetuneError
 from aetune.models.base import Autoencoder
 from aetune.models.registry import create_autoencoder
 from aetune.safe_load import load_torch_file
 
 FINAL_FORMAT = "aetune.autoencoder/1"
+
+
+def run_name(family: str, task: str = RECONSTRUCTION) -> str:
+    """What a run's model files are named after: the family, and the task unless it is the default.
+
+    ``vavae`` for a VA-VAE reconstruction run; ``kl_restoration`` for the restoration task on a KL-VAE.
+    """
+    return family if task == RECONSTRUCTION else f"{family}_{task}"
+
+
 META_KEYS = ("family", "model_config", "config", "labels", "dataset", "stage", "random_teacher", "lpips")
 """Metadata every model file carries (``load_autoencoder_checkpoint`` returns it)."""
 

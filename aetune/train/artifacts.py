@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aetune.config import RECONSTRUCTION
 from aetune.io import atomic_torch_save
-from aetune.models.checkpoint import FINAL_FORMAT, META_KEYS, read_checkpoint, split_stage_checkpoint
+from aetune.models.checkpoint import FINAL_FORMAT, META_KEYS, read_checkpoint, run_name, split_stage_checkpoint
 from aetune.train.plan import checkpoints_dir
 
 
-def final_model_path(work_dir: str | Path, family: str, dataset: str, task: str = "reconstruction") -> Path:
+def final_model_path(work_dir: str | Path, family: str, dataset: str, task: str = RECONSTRUCTION) -> Path:
     """``<work>/checkpoints/<family>_<dataset>_final.pt`` (e.g. ``vavae_microdoppler_final.pt``); a task other than
     reconstruction is named too (``kl_restoration_pairs_final.pt``)."""
-    run = family if task == "reconstruction" else f"{family}_{task}"
-    return checkpoints_dir(work_dir) / f"{run}_{dataset}_final.pt"
+    return checkpoints_dir(work_dir) / f"{run_name(family, task)}_{dataset}_final.pt"
 
 
 TRAINING_STATE_KEYS = ("optimizer_states", "lr_schedulers", "loops")
