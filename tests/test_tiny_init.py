@@ -46,14 +46,21 @@ def test_latents_carry_the_image_from_the_first_batch(family: str) -> None:
     assert spread_across_images(model, family) < 0.05  # measured 0.006 and 0.02: why the init exists
 
 
-@pytest.mark.parametrize("family", sorted(DEMO_SHAPES))
-def test_blocks_start_as_the_identity_and_the_output_grey(family: str) -> None:
-    model = create_autoencoder(family, **DEMO_SHAPES[family])
+SHAPES = {**DEMO_SHAPES, "taesd_gn": {"latent_channels": 8, "width": 8, "midblock_gn": True}}
+"""The demo shapes and taef2's (a GroupNorm residual branch in the lowest-resolution Blocks)."""
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_blocks_start_as_the_identity_and_the_output_grey(shape: str) -> None:
+    model = create_autoencoder(shape.removesuffix("_gn"), **SHAPES[shape])
     blocks = [m for m in model.modules() if isinstance(m, (Block, MemBlock))]
     assert len(blocks) >= 12
     for block in blocks:
         assert not block.conv[-1].weight.any() and not block.conv[-1].bias.any()
         assert block.conv[0].weight.std() > 0
+    pools = [b.pool for b in blocks if getattr(b, "pool", None) is not None]
+    assert len(pools) == (6 if shape == "taesd_gn" else 0)  # 3 Blocks each in the encoder's and decoder's f8 stage
+    assert all(not pool[-1].weight.any() and pool[0].weight.std() > 0 for pool in pools)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.bias is not None]
     assert all(not m.bias.any() for m in convs if m is not model.decoder[-1])
     assert torch.equal(model.decoder[-1].bias, torch.full((3,), OUTPUT_BIAS_INIT))

@@ -134,6 +134,7 @@ def test_a_resume_that_fails_on_a_truncated_checkpoint_records_no_experiment(tmp
 
 
 def test_a_task_run_is_named_for_its_task(tmp_path: Path) -> None:
+    from aetune.evaluate.export import lightningdit_export_name
     from aetune.evaluate.report import figure_title
     from aetune.train.artifacts import final_model_path
 
@@ -141,6 +142,8 @@ def test_a_task_run_is_named_for_its_task(tmp_path: Path) -> None:
     assert final_model_path(tmp_path, "vavae", "microdoppler").name == "vavae_microdoppler_final.pt"
     meta = {"family": "kl", "dataset": "pairs", "stage": "1", "config": {"model": {"task": "restoration"}}}
     assert figure_title(meta, "val").startswith("kl restoration / pairs / stage 1")
+    assert lightningdit_export_name("kl", "pairs", "restoration") == "kl_restoration_pairs_lightningdit.pt"
+    assert lightningdit_export_name("vavae", "microdoppler") == "vavae_microdoppler_lightningdit.pt"
 
 
 def test_a_family_on_another_data_kind_is_one_error(tmp_path: Path) -> None:
@@ -149,6 +152,9 @@ def test_a_family_on_another_data_kind_is_one_error(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path)
     cfg.model.family = "taehv"
     with pytest.raises(AetuneError, match=r"step 3 prepared image data .* taehv trains on video data"):
+        run_training(TrainRequest(work, cfg, ["1"], accelerator="cpu", progress_bar=False))
+    cfg.model.family, cfg.model.task = "kl", "restoration"
+    with pytest.raises(AetuneError, match=r"step 3 prepared image data .* kl restoration trains on pair data"):
         run_training(TrainRequest(work, cfg, ["1"], accelerator="cpu", progress_bar=False))
     assert not (work / "checkpoints").exists()
 

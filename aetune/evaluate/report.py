@@ -18,6 +18,7 @@ import numpy as np
 from aetune import metrics
 from aetune.config import RECONSTRUCTION
 from aetune.evaluate.evaluator import SplitResult
+from aetune.models.checkpoint import run_name
 from aetune.tasks.restoration.options import TASK as RESTORATION
 
 log = logging.getLogger(__name__)
@@ -303,8 +304,7 @@ def model_task(meta: dict[str, Any]) -> str:
 
 def figure_title(meta: dict[str, Any], split: str) -> str:
     """``family, dataset, stage N, split`` and a RANDOM TEACHER mark when it applies."""
-    task = model_task(meta)
-    family = meta.get("family") if task == RECONSTRUCTION else f"{meta.get('family')} {task}"
+    family = run_name(str(meta.get("family")), model_task(meta), sep=" ")
     title = f"{family} / {meta.get('dataset')} / stage {meta.get('stage')} / {split} split"
     return title + ("  [RANDOM TEACHER: demo]" if meta.get("random_teacher") else "")
 

@@ -28,12 +28,13 @@ from aetune.safe_load import load_torch_file
 FINAL_FORMAT = "aetune.autoencoder/1"
 
 
-def run_name(family: str, task: str = RECONSTRUCTION) -> str:
-    """What a run's model files are named after: the family, and the task unless it is the default.
+def run_name(family: str, task: str = RECONSTRUCTION, sep: str = "_") -> str:
+    """What a run is called: the family, and the task unless it is the default.
 
-    ``vavae`` for a VA-VAE reconstruction run; ``kl_restoration`` for the restoration task on a KL-VAE.
+    ``vavae`` for a VA-VAE reconstruction run; ``kl_restoration`` (``sep="_"``, file names) or
+    ``kl restoration`` (``sep=" "``, messages and figure titles) for the restoration task on a KL-VAE.
     """
-    return family if task == RECONSTRUCTION else f"{family}_{task}"
+    return family if task == RECONSTRUCTION else f"{family}{sep}{task}"
 
 
 META_KEYS = ("family", "model_config", "config", "labels", "dataset", "stage", "random_teacher", "lpips")

@@ -31,6 +31,7 @@ from aetune.data.prepared import SPLIT_FILE, PreparedData, data_dir, load_prepar
 from aetune.data.sources import prepared_kind
 from aetune.errors import AetuneError
 from aetune.io import atomic_write_text
+from aetune.models.checkpoint import run_name
 from aetune.paths import KAGGLE_WORKING
 from aetune.recipes import get_recipe
 from aetune.setup.env import KAGGLE_QUOTA_GB, disk_facts
@@ -231,7 +232,7 @@ def check_data_kind(cfg: Config, work_dir: Path) -> None:
     wanted = get_recipe(cfg.model.family, cfg.model.task).data_kind
     have = prepared_kind(work_dir)
     if have != wanted:
-        trains = cfg.model.family if cfg.model.task == "reconstruction" else f"{cfg.model.family} {cfg.model.task}"
+        trains = run_name(cfg.model.family, cfg.model.task, sep=" ")
         raise AetuneError(
             f"step 3 prepared {have} data in {data_dir(work_dir)}, but {trains} trains on {wanted} data: run step 3 "
             f"on {wanted} data into another --output_dir, or pick a family for {have} data (--family)"
